@@ -1,0 +1,275 @@
+"""Type coercion for typed configs: annotations resolved, strings and JSON values converted.
+
+This is the machinery behind :mod:`lmlab.config`; it raises :class:`BadValue` (naming the
+expected type) and leaves the user-facing message to the caller.
+
+>>> convert("[1, 2]", tuple[int, ...])
+(1, 2)
+>>> type_name(int | None)
+'int or None'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+__all__ = [
+    "BadValue",
+    "SectionAssigned",
+    "convert",
+    "field_types",
+    "init_fields",
+    "is_config_class",
+    "is_union",
+    "section_class",
+    "type_name",
+    "unquote",
+]
+
+_TRUE = frozenset({"true", "1", "yes", "y", "on"})
+_FALSE = frozenset({"false", "0", "no", "n", "off"})
+_NONE = frozenset({"none", "null"})
+
+
+class BadValue(Exception):
+    """A value that does not fit a type; carries the human name of the expected type."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def is_config_class(tp: Any) -> bool:
+    """Whether ``tp`` is a dataclass type (not an instance)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def init_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a dataclass that its constructor accepts."""
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
+@functools.lru_cache(maxsize=256)
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of the init fields of a dataclass, in declaration order."""
+    localns: dict[str, Any] = {cls.__name__: cls}
+    for f in dataclasses.fields(cls):
+        default: Any = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory
+        if isinstance(default, type):
+            localns.setdefault(default.__name__, default)
+        elif dataclasses.is_dataclass(default):
+            localns.setdefault(type(default).__name__, type(default))
+    hints = typing.get_type_hints(cls, localns=localns)
+    return {f.name: hints.get(f.name, Any) for f in init_fields(cls)}
+
+
+def is_union(tp: Any) -> bool:
+    """Whether ``tp`` is ``X | Y`` or ``Optional[X]``."""
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def section_class(tp: Any) -> type | None:
+    """The dataclass behind a section type (``Sub`` or ``Sub | None``), else None."""
+    if is_config_class(tp):
+        return tp
+    if is_union(tp):
+        classes = [a for a in get_args(tp) if is_config_class(a)]
+        if len(classes) == 1:
+            return classes[0]
+    return None
+
+
+def type_name(tp: Any) -> str:
+    """A short human name for a type, used in error messages."""
+    if tp is type(None):
+        return "None"
+    if is_union(tp):
+        return " or ".join(type_name(a) for a in get_args(tp))
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (tuple, list):
+        args = get_args(tp)
+        if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
+            return f"{len(args)} comma-separated values ({', '.join(map(type_name, args))})"
+        item = type_name(args[0]) if args else "str"
+        return f"comma-separated list of {item}"
+    if tp is Path:
+        return "path"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.name) for m in tp)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise BadValue("bool (true/false)")
+
+
+def split_list(text: str) -> list[str]:
+    """Split ``"a, b"`` or ``"[a, b]"`` into stripped, unquoted items."""
+    text = text.strip()
+    if len(text) >= 2 and (text[0], text[-1]) in {("[", "]"), ("(", ")")}:
+        text = text[1:-1]
+    items = [item.strip() for item in text.split(",")]
+    return [unquote(item) for item in items if item]
+
+
+def unquote(text: str) -> str:
+    """Remove one pair of matching single or double quotes around ``text``."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def convert(value: Any, tp: Any) -> Any:
+    """Coerce ``value`` (a string from the command line or a JSON/TOML value) to ``tp``."""
+    if tp is Any:
+        return value
+    if is_union(tp):
+        args = get_args(tp)
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
+        ):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert(value, arg)
+            except BadValue:
+                continue
+        raise BadValue(type_name(tp))
+    if value is None:
+        raise BadValue(type_name(tp))
+    section = section_class(tp)
+    if section is not None:
+        if isinstance(value, section):
+            return value
+        raise SectionAssigned()
+    origin = get_origin(tp)
+    if origin is Literal:
+        for allowed in get_args(tp):
+            if _literal_matches(value, allowed):
+                return allowed
+        raise BadValue(type_name(tp))
+    if origin in (tuple, list) or tp in (tuple, list):
+        return _convert_sequence(value, tp)
+    if tp is bool:
+        return _parse_bool(value)
+    if tp is int:
+        return _parse_int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise BadValue("float")
+        try:
+            return float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise BadValue("float") from None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise BadValue("str")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value).expanduser()
+        raise BadValue("path")
+    if origin is dict or tp is dict:
+        return _convert_mapping(value, tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        for member in tp:
+            if str(value).strip() in (member.name, str(member.value)):
+                return member
+        raise BadValue(type_name(tp))
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise BadValue(type_name(tp))
+
+
+def _literal_matches(value: Any, allowed: Any) -> bool:
+    if isinstance(value, str) and not isinstance(allowed, str):
+        try:
+            return convert(value, type(allowed)) == allowed
+        except BadValue:
+            return False
+    return type(value) is type(allowed) and value == allowed
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise BadValue("int")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            as_float = float(text)
+        except ValueError:
+            raise BadValue("int") from None
+        if math.isfinite(as_float) and as_float.is_integer():
+            return int(as_float)
+    raise BadValue("int")
+
+
+def _convert_sequence(value: Any, tp: Any) -> tuple[Any, ...] | list[Any]:
+    origin = get_origin(tp) or tp
+    args = get_args(tp)
+    if isinstance(value, str):
+        items: Sequence[Any] = split_list(value)
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        raise BadValue(type_name(tp))
+    try:
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise BadValue(type_name(tp))
+            converted = [convert(v, a) for v, a in zip(items, args, strict=True)]
+        else:
+            item_type = args[0] if args else Any
+            converted = [convert(v, item_type) for v in items]
+    except BadValue:
+        raise BadValue(type_name(tp)) from None
+    return tuple(converted) if origin is tuple else converted
+
+
+def _convert_mapping(value: Any, tp: Any) -> dict[Any, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadValue("JSON object") from None
+    if not isinstance(value, Mapping):
+        raise BadValue("JSON object")
+    args = get_args(tp)
+    if len(args) != 2:
+        return dict(value)
+    return {convert(k, args[0]): convert(v, args[1]) for k, v in value.items()}
+
+
+class SectionAssigned(Exception):
+    """A scalar was given for a key that names a whole config section."""

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lmlab import __version__
+from lmlab.errors import LmlabError
+from lmlab.runtime import (
+    environment_info,
+    limit_threads,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
+
+
+def _draw() -> tuple[float, float, list[float]]:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_seed_everything_makes_all_generators_repeat() -> None:
+    seed_everything(123)
+    first = _draw()
+    seed_everything(123)
+    assert _draw() == first
+    seed_everything(124)
+    assert _draw() != first
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "3", True])
+def test_seed_everything_rejects_bad_seeds(bad: object) -> None:
+    with pytest.raises(LmlabError, match="seed must be an integer"):
+        seed_everything(bad)  # type: ignore[arg-type]
+
+
+def test_resolve_device_auto_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_resolve_device_prefers_cuda_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(LmlabError, match="only 2 GPU"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("request_", ["cuda", "cuda:0", "CUDA:3"])
+def test_resolve_device_cuda_unavailable(monkeypatch: pytest.MonkeyPatch, request_: str) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LmlabError) as err:
+        resolve_device(request_)
+    assert str(err.value) == "CUDA was requested but is not available; use --device cpu"
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "tpu", ""])
+def test_resolve_device_unknown_lists_choices(bad: str) -> None:
+    with pytest.raises(LmlabError, match="choose one of auto, cpu, cuda, cuda:N"):
+        resolve_device(bad)
+
+
+def test_set_threads_changes_torch_and_none_leaves_it() -> None:
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        set_threads(None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_set_threads_rejects_bad_counts(bad: object) -> None:
+    with pytest.raises(LmlabError, match="positive integer"):
+        set_threads(bad)  # type: ignore[arg-type]
+
+
+def test_limit_threads_restores_even_after_an_error() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = torch.get_num_threads()
+    blas_before = [
+        p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
+    ]
+    with pytest.raises(RuntimeError):
+        with limit_threads(1):
+            assert torch.get_num_threads() == 1
+            inside = [
+                p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
+            ]
+            assert all(n == 1 for n in inside)
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    blas_after = [
+        p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"
+    ]
+    assert blas_after == blas_before
+
+
+def test_limit_threads_none_is_a_no_op() -> None:
+    before = torch.get_num_threads()
+    with limit_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_environment_info_is_flat_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    info = environment_info()
+    for key in (
+        "python",
+        "platform",
+        "lmlab",
+        "torch",
+        "numpy",
+        "scipy",
+        "pandas",
+        "device",
+        "cpu_count",
+        "threads",
+    ):
+        assert key in info, key
+    assert all(isinstance(v, str) for v in info.values())
+    assert info["lmlab"] == __version__
+    assert info["torch"] == torch.__version__
+    assert info["numpy"] == np.__version__
+    assert info["device"] == "cpu"
+    assert "cuda" not in info
+    assert int(info["threads"]) == torch.get_num_threads()
