@@ -1,0 +1,28 @@
+"""Heavy-tailed spectral analysis of weight matrices (weightwatcher-exact, faster, streaming).
+
+>>> import torch
+>>> from lmlab.spectral import analyze, summarize
+>>> df = analyze(torch.nn.Linear(32, 64))
+>>> int(df.loc[0, "num_evals"])
+32
+"""
+
+from lmlab.spectral.analyze import (
+    LMLAB_COLUMNS,
+    WW_COLUMNS,
+    analyze,
+    layer_spectra,
+    summarize,
+)
+from lmlab.spectral.esd import Spectrum, spectrum_of
+from lmlab.spectral.mp import MPSplit, mp_edges, mp_pdf, mp_split
+from lmlab.spectral.powerlaw import PowerLawFit, fit_power_law
+from lmlab.spectral.sources import LayerRef, iter_layers
+from lmlab.spectral.tracker import SpectralTracker
+
+__all__ = [
+    "analyze", "summarize", "layer_spectra", "WW_COLUMNS", "LMLAB_COLUMNS",
+    "Spectrum", "spectrum_of", "PowerLawFit", "fit_power_law",
+    "mp_edges", "mp_pdf", "mp_split", "MPSplit",
+    "LayerRef", "iter_layers", "SpectralTracker",
+]
