@@ -1,0 +1,161 @@
+"""The ``lmlab`` command: argparse subcommands that call the library (no science here).
+
+    lmlab study list
+    lmlab run <study> [--preset quick|paper] [--set key=value ...] [--out DIR] [--device D]
+    lmlab spectral <model-or-path> [--out DIR] [--format csv|json|parquet] [...]
+    lmlab report <run-dir>
+
+A user mistake (bad path, unknown key, corrupt file) prints one line ``lmlab: error: ...`` and
+exits with code 2; an interrupted run exits with 130.
+
+>>> main(["study", "list"])  # doctest: +ELLIPSIS
+spectral ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lmlab.errors import LmlabError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LmlabError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``lmlab`` command."""
+    from lmlab import __version__
+
+    p = _Parser(prog="lmlab", description="A bench for the science of language-model training.")
+    p.add_argument("--version", action="version", version=f"lmlab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    st = sub.add_parser("study", help="list the studies")
+    st.add_argument("action", choices=["list"], help="what to do")
+
+    r = sub.add_parser("run", help="run a study into a new run directory")
+    r.add_argument("study", help="study name (see 'lmlab study list')")
+    r.add_argument("--preset", default="quick", help="quick (default) or paper")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set max_n=none (repeatable)")
+    r.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
+    r.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    r.add_argument("--name", default=None, help="label of the run directory (default: preset)")
+
+    s = sub.add_parser("spectral", help="analyse the weight spectra of a model or checkpoint")
+    s.add_argument("model", help="offline model name (all-minilm-l6-v2), model directory, "
+                                 ".safetensors/.pt file, or hub id")
+    s.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
+    s.add_argument("--format", dest="table_format", default="csv",
+                   choices=["csv", "json", "parquet"], help="format of the per-layer table")
+    s.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                   help="only these layers (ids, names or types)")
+    s.add_argument("--esd-layers", nargs="+", default=None, metavar="LAYER",
+                   help="layers whose ESD to plot (default: lowest, median, highest α)")
+    s.add_argument("--method", choices=["eigh", "svd"], default="eigh",
+                   help="eigh: Gram matrix (fast, default); svd: weightwatcher's route")
+    s.add_argument("--fast", action="store_true", help="float32 fast mode (α within ~1e-3)")
+    s.add_argument("--fit-mode", choices=["ww", "xmin_peak"], default="ww",
+                   help="xmin search: ww (weightwatcher, default) or xmin_peak")
+    s.add_argument("--max-n", default="50000",
+                   help="skip matrices with a side above this (default 50000); 'none' lifts it")
+    s.add_argument("--threads", type=int, default=None, help="BLAS/torch threads")
+    s.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+
+    rep = sub.add_parser("report", help="render a run directory's report again")
+    rep.add_argument("run_dir", help="a run directory (holds config.json)")
+    return p
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from lmlab.studies import study_table
+
+    for info in study_table():
+        print(f"{info.name:<12} {info.description}  [{info.source}]")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lmlab.studies.runner import run_study
+
+    run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
+                        device=args.device, name=args.name)
+    _print_summary(run_dir)
+    print(run_dir.path)
+    return 0
+
+
+def _spectral_overrides(args: argparse.Namespace) -> list[str]:
+    sets = [f"model={args.model}", f"method={args.method}", f"fit_mode={args.fit_mode}",
+            f"table_format={args.table_format}", f"max_n={args.max_n}"]
+    if args.fast:
+        sets.append("precision=float32")
+    if args.layers:
+        sets.append("layers=" + ",".join(args.layers))
+    if args.esd_layers:
+        sets.append("esd_layers=" + ",".join(args.esd_layers))
+    if args.threads is not None:
+        sets.append(f"threads={args.threads}")
+    return sets
+
+
+def _cmd_spectral(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmlab.studies.runner import run_study
+
+    label = Path(args.model.rstrip("/")).name or "model"
+    run_dir = run_study("spectral", preset="quick", overrides=_spectral_overrides(args),
+                        out=args.out, device=args.device, name=label)
+    _print_summary(run_dir)
+    print(run_dir.path)
+    return 0
+
+
+def _print_summary(run_dir: object) -> None:
+    summary = run_dir.read_summary()  # type: ignore[attr-defined]
+    width = max((len(k) for k in summary), default=0)
+    for key, value in summary.items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {text}")
+    print(f"  {'report':<{width}}  {run_dir.path / 'report.html'}")  # type: ignore[attr-defined]
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lmlab.runs import RunDir, render_report
+
+    md, html = render_report(RunDir.open(args.run_dir))
+    print(md)
+    print(html)
+    return 0
+
+
+_COMMANDS = {"study": _cmd_study, "run": _cmd_run, "spectral": _cmd_spectral,
+             "report": _cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lmlab`` command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except LmlabError as e:
+        print(f"lmlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmlab: interrupted; the run directory keeps what was written so far",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

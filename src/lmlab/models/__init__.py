@@ -1,0 +1,10 @@
+"""Models: loading Hugging Face models and offline packaged weights; lmlab's own models.
+
+>>> from lmlab.models import offline_models
+>>> "all-minilm-l6-v2" in offline_models()
+True
+"""
+
+from lmlab.models.hf import load_model, offline_models, resolve_weights
+
+__all__ = ["load_model", "offline_models", "resolve_weights"]

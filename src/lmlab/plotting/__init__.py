@@ -1,0 +1,17 @@
+"""Plotting (matplotlib only, imported lazily): ``plot_*(result, ax=None) -> Axes``.
+
+>>> import lmlab.plotting as p
+>>> "plot_esd" in p.__all__
+True
+"""
+
+from lmlab.plotting.spectral import (
+    new_axes,
+    plot_alpha_by_layer,
+    plot_alpha_hist,
+    plot_alpha_over_training,
+    plot_esd,
+)
+
+__all__ = ["new_axes", "plot_esd", "plot_alpha_by_layer", "plot_alpha_hist",
+           "plot_alpha_over_training"]

@@ -1,0 +1,140 @@
+"""Plots of weight spectra: ESD with the fitted tail, α by layer, α histogram, α over training.
+
+Each function takes the result of a computation (an :func:`lmlab.spectral.analyze` table, a
+spectrum, a tracker table) and an optional ``ax``; without one it makes a new figure (no pyplot
+state is touched, so this works headless and in threads). It returns the Axes.
+
+>>> import numpy as np
+>>> from lmlab.spectral import fit_power_law
+>>> x = np.random.default_rng(0).pareto(2.0, 2000) + 1
+>>> ax = plot_esd(x, fit_power_law(x), title="Pareto sample")
+>>> ax.get_xscale(), ax.get_yscale()
+('log', 'log')
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
+    from lmlab.spectral.powerlaw import PowerLawFit
+
+__all__ = ["plot_esd", "plot_alpha_by_layer", "plot_alpha_hist", "plot_alpha_over_training",
+           "new_axes"]
+
+_TYPE_COLORS = {"dense": "#1f77b4", "conv1d": "#ff7f0e", "embedding": "#2ca02c",
+                "conv2d": "#9467bd"}
+_BAND = dict(color="#2ca02c", alpha=0.08, lw=0)
+
+
+def new_axes(figsize: tuple[float, float] = (7.0, 4.2)) -> Axes:
+    """A fresh Axes on its own Figure (not registered with pyplot)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig.subplots()
+
+
+def plot_esd(evals: np.ndarray, fit: PowerLawFit | None = None, *, title: str = "",
+             ax: Axes | None = None) -> Axes:
+    """Empirical spectral density on log-log axes, with the fitted power-law tail and xmin.
+
+    Args:
+        evals: eigenvalues of one layer.
+        fit: its power-law fit (drawn from xmin on, with α in the legend).
+        title: the plot title (e.g. the layer's name).
+    """
+    ax = ax or new_axes()
+    x = np.asarray(evals, dtype=float)
+    x = x[x > 0]
+    bins = np.logspace(np.log10(x.min()), np.log10(x.max()), 60)
+    ax.hist(x, bins=bins, density=True, color="#9ecae1", edgecolor="#3182bd", lw=0.5,
+            label="ESD")
+    if fit is not None and fit.ok:
+        xs = np.logspace(np.log10(fit.xmin), np.log10(fit.xmax), 100)
+        tail_mass = np.mean(x >= fit.xmin)
+        pdf = tail_mass * (fit.alpha - 1) / fit.xmin * (xs / fit.xmin) ** (-fit.alpha)
+        ax.plot(xs, pdf, "r--", lw=2, label=f"power law, α = {fit.alpha:.2f}")
+        ax.axvline(fit.xmin, color="#d62728", lw=1, label=f"xmin = {fit.xmin:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue λ of WᵀW")
+    ax.set_ylabel("density")
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def plot_alpha_by_layer(df: pd.DataFrame, *, title: str = "α per layer",
+                        ax: Axes | None = None) -> Axes:
+    """α of every analysed layer in depth order, coloured by layer type, with the 2–6 band.
+
+    Layers whose fit failed are marked with a red × on the axis.
+    """
+    ax = ax or new_axes((9.0, 4.2))
+    rows = df[df["status"] != "skipped"].reset_index(drop=True)
+    pos = np.arange(len(rows))
+    ax.axhspan(2, 6, **_BAND, label="2 ≤ α ≤ 6")
+    for kind, group in rows.groupby("layer_type", sort=True):
+        ok = group[group["status"] == "success"]
+        ax.scatter(pos[ok.index], ok["alpha"].astype(float), s=22,
+                   color=_TYPE_COLORS.get(str(kind), "gray"), label=str(kind), zorder=3)
+    failed = rows[rows["status"] == "failed"]
+    if len(failed):
+        ax.scatter(pos[failed.index], np.zeros(len(failed)), marker="x", color="red",
+                   label="fit failed", zorder=3)
+    for y in (2, 6):
+        ax.axhline(y, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("layer (depth order)")
+    ax.set_ylabel("α")
+    ax.set_title(title)
+    if len(rows) <= 40:
+        ax.set_xticks(pos, [str(n)[-22:] for n in rows["longname"]], rotation=90, fontsize=6)
+    ax.legend(frameon=False, fontsize=8, ncol=3)
+    return ax
+
+
+def plot_alpha_hist(df: pd.DataFrame, *, title: str = "α histogram",
+                    ax: Axes | None = None) -> Axes:
+    """Histogram of α over the layers whose fit succeeded, with the 2 and 6 marks."""
+    ax = ax or new_axes()
+    alpha = df.loc[df["status"] == "success", "alpha"].astype(float)
+    ax.axvspan(2, 6, **_BAND)
+    ax.hist(alpha, bins=min(30, max(5, len(alpha) // 2)), color="#6baed6", edgecolor="white")
+    for x in (2, 6):
+        ax.axvline(x, color="gray", lw=0.8, ls=":")
+    if len(alpha):
+        ax.axvline(alpha.mean(), color="#d62728", lw=1.5, label=f"mean α = {alpha.mean():.2f}")
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel("α")
+    ax.set_ylabel("layers")
+    ax.set_title(title)
+    return ax
+
+
+def plot_alpha_over_training(tracked: pd.DataFrame, *, ax: Axes | None = None,
+                             max_layers: int = 30) -> Axes:
+    """α per layer against the training step (thin lines) and their mean (thick line).
+
+    Args:
+        tracked: a :class:`~lmlab.spectral.SpectralTracker` table (step, longname, alpha, ...).
+        max_layers: draw at most this many individual layers (the mean uses all).
+    """
+    ax = ax or new_axes()
+    ok = tracked[tracked["status"] == "success"]
+    wide: Any = ok.pivot_table(index="step", columns="longname", values="alpha")
+    for name in list(wide.columns)[:max_layers]:
+        ax.plot(wide.index, wide[name], lw=0.7, alpha=0.5)
+    ax.plot(wide.index, wide.mean(axis=1), color="black", lw=2.2, label="mean α")
+    ax.axhspan(2, 6, **_BAND)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("α")
+    ax.set_title("α per layer during training")
+    ax.legend(frameon=False, fontsize=8)
+    return ax

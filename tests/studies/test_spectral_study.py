@@ -1,0 +1,63 @@
+"""The spectral study end to end on a saved tiny model: config, table, figures, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmlab.errors import LmlabError
+from lmlab.spectral import analyze, summarize
+from lmlab.studies import get_study, study_names
+from lmlab.studies.runner import build_config, run_study
+from tests.conftest import tiny_model
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def saved_llama(tmp_path: Path) -> Path:
+    tiny_model("llama").save_pretrained(tmp_path / "llama")
+    return tmp_path / "llama"
+
+
+def test_run_writes_everything(saved_llama: Path, tmp_path: Path) -> None:
+    run = run_study("spectral", overrides=[f"model={saved_llama}"], out=tmp_path / "runs")
+    table = pd.read_csv(run.path / "spectra.csv")
+    expected = analyze(saved_llama)
+    assert table["longname"].tolist() == expected["longname"].tolist()
+    assert table["alpha"].tolist() == pytest.approx(expected["alpha"].tolist(), nan_ok=True)
+
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["alpha_mean"] == pytest.approx(summarize(expected)["alpha_mean"])
+    assert set(get_study("spectral").SUMMARY_KEYS) <= set(summary)
+
+    config = json.loads((run.path / "config.json").read_text())
+    assert config["model"] == str(saved_llama) and config["_study"] == "spectral"
+    meta = json.loads((run.path / "meta.json").read_text())
+    assert meta["status"] == "finished" and meta["versions"]["torch"].startswith("2.")
+
+    figures = sorted(p.name for p in (run.path / "figures").iterdir())
+    assert {"alpha_by_layer.png", "alpha_hist.png"} <= set(figures)
+    assert sum(name.startswith("esd_layer_") for name in figures) == 3
+    assert all((run.path / "figures" / f).read_bytes()[:8] == PNG for f in figures)
+
+    html = (run.path / "report.html").read_text()
+    for name in figures:
+        assert f'src="figures/{name}"' in html
+    assert "What ran" in html and f"{summary['alpha_mean']:.4g}" in html
+
+
+def test_presets_and_overrides() -> None:
+    assert "spectral" in study_names()
+    assert build_config("spectral", "paper").method == "svd"
+    cfg = build_config("spectral", "quick", ["max_n=none", "layers=dense,embedding"])
+    assert cfg.max_n is None and cfg.layers == ("dense", "embedding")
+    with pytest.raises(LmlabError, match="did you mean 'precision'"):
+        build_config("spectral", "quick", ["precison=float32"])
+    with pytest.raises(LmlabError, match="unknown preset"):
+        build_config("spectral", "huge")
+    with pytest.raises(LmlabError, match="max_n must be positive|max_n"):
+        build_config("spectral", "quick", ["max_n=-3"])

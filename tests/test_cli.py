@@ -1,0 +1,105 @@
+"""The lmlab command: help is fast, runs print their directory last, mistakes exit 2 in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmlab.cli import main
+from tests.conftest import tiny_model
+
+LMLAB = [sys.executable, "-m", "lmlab.cli"]
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = ("import sys, time; t = time.perf_counter(); import lmlab.cli; "
+            "lmlab.cli.build_parser(); "
+            "print(time.perf_counter() - t, 'torch' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, torch_loaded, mpl_loaded = out.stdout.split()
+    assert torch_loaded == "False" and mpl_loaded == "False"
+    assert float(seconds) < 1.0
+    proc = subprocess.run([*LMLAB, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "spectral" in proc.stdout
+
+
+def test_study_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "list"]) == 0
+    assert capsys.readouterr().out.split()[0] == "spectral"
+
+
+def test_spectral_command_writes_table_and_plots(tmp_path: Path, capsys) -> None:
+    tiny_model("gpt2").save_pretrained(tmp_path / "m")
+    code = main(["spectral", str(tmp_path / "m"), "--out", str(tmp_path / "runs"),
+                 "--format", "parquet", "--esd-layers", "c_fc"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    run_dir = Path(out[-1])
+    assert run_dir.parent == tmp_path / "runs" / "spectral"
+    table = pd.read_parquet(run_dir / "spectra.parquet")
+    assert (table["layer_type"] == "conv1d").sum() == 8
+    assert any(line.split()[0] == "alpha_mean" for line in out[:-1])
+    esd = sorted(p.name for p in (run_dir / "figures").glob("esd_layer_*.png"))
+    c_fc_ids = table.loc[table["name"] == "c_fc", "layer_id"].tolist()
+    assert esd == sorted(f"esd_layer_{i}.png" for i in c_fc_ids)
+
+
+def test_report_rerenders(tmp_path: Path, capsys) -> None:
+    tiny_model("bert").save_pretrained(tmp_path / "m")
+    assert main(["run", "spectral", "--set", f"model={tmp_path / 'm'}", "--out",
+                 str(tmp_path / "runs")]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert "<img" in (run_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "nosuchstudy"], "unknown study"),
+        (["run", "spectral", "--preset", "huge"], "unknown preset"),
+        (["run", "spectral", "--set", "modle=x"], "did you mean 'model'"),
+        (["run", "spectral", "--set", "max_n"], "key=value"),
+        (["run", "spectral", "--set", "max_n=many"], "max_n"),
+        (["run", "spectral", "--device", "tpu"], "device"),
+        (["spectral", "/no/such/model.safetensors"], "no such file"),
+        (["spectral", "no-such-model-anywhere"], "available offline: all-minilm-l6-v2"),
+        (["spectral", "x", "--format", "xlsx"], "invalid choice"),
+        (["report", "/no/such/run"], "run"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(argv, message, tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path)] if argv[0] in ("run", "spectral") else []
+    proc = subprocess.run([*LMLAB, *argv, *out], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lmlab: error: ") and message in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("content", [b"garbage", b""])
+def test_corrupt_weights_file_exits_2(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(content)
+    proc = subprocess.run([*LMLAB, "spectral", str(bad), "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "model.safetensors" in proc.stderr
+
+
+def test_unwritable_out_fails_before_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    start = time.perf_counter()
+    proc = subprocess.run([*LMLAB, "run", "spectral", "--out", str(blocker / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "lmlab: error:" in proc.stderr
+    assert time.perf_counter() - start < 60
