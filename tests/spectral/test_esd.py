@@ -61,3 +61,18 @@ def test_torch_route_matches_numpy(W: np.ndarray) -> None:
     b = spectrum_of_torch([W], device=torch.device("cpu"))
     np.testing.assert_allclose(b.evals, a.evals, rtol=1e-10)
     assert b.rank_loss == a.rank_loss and b.sv_max == pytest.approx(a.sv_max)
+
+
+@pytest.mark.parametrize(("N", "smallest"), [(120, 1e-5), (120, 3e-7), (300, 1e-5)])
+def test_near_singular_matrix_keeps_an_accurate_sv_min(N: int, smallest: float) -> None:
+    """σmin² far below eps·λmax⁰·⁵: the Gram route alone would lose its digits."""
+    rng = np.random.default_rng(N)
+    M = 120
+    U = np.linalg.qr(rng.standard_normal((N, M)))[0]
+    V = np.linalg.qr(rng.standard_normal((M, M)))[0]
+    s = np.geomspace(1.0, smallest, M)
+    W = ((U * s) @ V.T).astype(np.float32)
+    exact = np.linalg.svd(W.astype(np.float64), compute_uv=False)
+    spec = spectrum_of([W])
+    assert spec.sv_min == pytest.approx(exact.min(), rel=1e-8)
+    assert spec.rank_loss == spectrum_of([W], method="svd").rank_loss

@@ -95,3 +95,20 @@ def test_xmin_range_restricts_candidates() -> None:
     fit = fit_power_law(x, xmin_range=(2.0, 3.0))
     assert 2.0 <= fit.xmin <= 3.0
     assert fit_power_law(x, xmin_range=(1e6, 2e6)).status == "failed"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pruned_search_equals_exhaustive_search(seed: int) -> None:
+    """Skipping candidates by their lower bound never changes the chosen fit."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(25, 3000))
+    shape = rng.uniform(0.5, 4.0)
+    x = np.concatenate([rng.uniform(0.01, 1.0, n), rng.pareto(shape, n // 3) + 1.0])
+    if seed % 3 == 0:  # repeated values make exact ties in D
+        x = np.round(x, 2)
+    fast, full = fit_power_law(x), fit_power_law(x, all_distances=True)
+    assert (fast.xmin, fast.alpha, fast.D) == (full.xmin, full.alpha, full.D)
+    assert not np.isnan(full.Ds).any()
+    seen = ~np.isnan(fast.Ds)
+    np.testing.assert_array_equal(fast.Ds[seen], full.Ds[seen])
+    assert np.all(full.Ds[~seen] >= full.D)

@@ -159,11 +159,14 @@ def _layer_row(ref: LayerRef, *, min_evals: int, max_evals: int, max_N: int | No
         row.update(status="skipped", reason=reason)
         return row, None
     W = _to_numpy(ref.load())
-    if not np.all(np.isfinite(W)):
-        bad = int(np.size(W) - np.count_nonzero(np.isfinite(W)))
-        row.update(status="failed", reason=f"weights contain {bad} NaN/Inf values")
-        return row, None
-    if not np.any(W):
+    flat = W.ravel()
+    energy = float(np.dot(flat, flat))  # one pass: NaN/Inf propagate, zero means all-zero
+    if not math.isfinite(energy):
+        bad = int(flat.size - np.count_nonzero(np.isfinite(flat)))
+        if bad:
+            row.update(status="failed", reason=f"weights contain {bad} NaN/Inf values")
+            return row, None
+    elif energy == 0.0:
         row.update(status="failed", reason="all-zero weight matrix")
         return row, None
     mats, N, M, rf = matrices_of(W, ref.layer_type)

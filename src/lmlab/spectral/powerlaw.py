@@ -79,43 +79,87 @@ def _failed(reason: str) -> PowerLawFit:
     return PowerLawFit(nan, nan, nan, nan, nan, 0, status="failed", reason=reason)
 
 
-def _ks_distances(
-    data: np.ndarray, alphas: np.ndarray, candidates: np.ndarray
-) -> np.ndarray:
-    """KS distance of each candidate tail ``data[i:]`` to its power law, in chunks.
+def _deviations(data: np.ndarray, i: np.ndarray, alpha: np.ndarray, cols: np.ndarray
+                ) -> np.ndarray:
+    """|empirical − fitted CDF| of candidate tails ``data[i:]`` at data indices ``cols``.
 
-    Args:
-        data: sorted data, shape (N,).
-        alphas: exponent per candidate, shape (C,).
-        candidates: candidate start indices, shape (C,).
-
-    Returns:
-        D per candidate, shape (C,); 1.0 where alpha <= 1 (as weightwatcher).
+    Returns an array (len(i), len(cols)); entries with ``cols < i`` (outside the tail) are -inf.
+    Each entry is computed by the same element-wise operations whatever ``cols`` is, so a
+    maximum over a subset of columns never exceeds the maximum over all of them.
     """
+    n = (data.shape[0] - i).astype(np.float64)  # tail sizes
+    k = cols[None, :] - i[:, None]  # position inside the tail
+    ratio = data[cols][None, :] / data[i][:, None]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        theo = 1.0 - ratio ** (1.0 - alpha)[:, None]
+    dev = np.abs(theo - k / n[:, None])
+    dev[k < 0] = -np.inf
+    return dev
+
+
+def _exact_ks(data: np.ndarray, i: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """KS distance of each candidate tail (all of its points), computed in chunks."""
     n_data = data.shape[0]
-    out = np.ones(candidates.shape[0], dtype=np.float64)
-    valid = np.flatnonzero(alphas > 1)
-    if valid.size == 0:
-        return out
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // n_data)
-    j = np.arange(n_data)
-    for start in range(0, valid.size, rows_per_chunk):
-        sel = valid[start : start + rows_per_chunk]
-        i = candidates[sel]  # (c,)
-        a = alphas[sel]  # (c,)
-        n = (n_data - i).astype(np.float64)  # tail sizes
-        k = j[None, :] - i[:, None]  # (c, N): position inside the tail
-        in_tail = k >= 0
-        ratio = data[None, :] / data[i][:, None]
-        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-            theo = 1.0 - ratio ** (1.0 - a)[:, None]
-        dev = np.abs(theo - k / n[:, None])
-        dev[~in_tail] = -np.inf
-        out[sel] = dev.max(axis=1)
+    out = np.empty(i.shape[0])
+    rows = max(1, _CHUNK_ELEMENTS // n_data)
+    for s in range(0, i.shape[0], rows):
+        lo = int(i[s : s + rows].min())
+        out[s : s + rows] = _deviations(data, i[s : s + rows], alpha[s : s + rows],
+                                        np.arange(lo, n_data)).max(axis=1)
     return out
 
 
-def _fit_standard(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ks_distances(data: np.ndarray, alphas: np.ndarray, allowed: np.ndarray,
+                  exact_all: bool = False) -> np.ndarray:
+    """KS distance D of every allowed candidate xmin = data[i] (weightwatcher's definition).
+
+    Finding the minimum does not need every D exactly: a maximum over a subsample of each
+    tail is a lower bound, and candidates whose bound already exceeds the best exact D found
+    so far cannot win (branch and bound). The winner and its D are exactly those of the full
+    computation; pruned candidates get NaN unless ``exact_all``.
+
+    Args:
+        data: sorted data, shape (N,).
+        alphas: exponent per candidate i = 0 … N−2.
+        allowed: boolean mask of admissible candidates, shape (N−1,).
+        exact_all: compute D exactly for every candidate (for plots of D against xmin).
+
+    Returns:
+        D per candidate; 1.0 where alpha <= 1 (as weightwatcher), NaN where pruned or not
+        allowed.
+    """
+    n_data = data.shape[0]
+    out = np.full(n_data - 1, np.nan)
+    out[allowed & ~(alphas > 1)] = 1.0
+    valid = np.flatnonzero(allowed & (alphas > 1))
+    if valid.size == 0:
+        return out
+    if exact_all or valid.size * n_data <= 4096:
+        out[valid] = _exact_ks(data, valid, alphas[valid])
+        return out
+    stride = 8
+    cols = np.unique(np.concatenate([np.arange(0, n_data, stride), [n_data - 1]]))
+    bound = np.empty(valid.size)
+    rows = max(1, _CHUNK_ELEMENTS // cols.size)
+    for s in range(0, valid.size, rows):
+        sel = valid[s : s + rows]
+        # cols holds the last point, which is in every tail: each bound is finite
+        bound[s : s + rows] = _deviations(data, sel, alphas[sel], cols).max(axis=1)
+    order = np.argsort(bound, kind="stable")
+    best = np.inf
+    batch = 16
+    for s in range(0, order.size, batch):
+        take = order[s : s + batch]
+        if bound[take[0]] > best * (1 + 1e-12):
+            break
+        idx = valid[take]
+        out[idx] = _exact_ks(data, idx, alphas[idx])
+        best = min(best, float(np.nanmin(out[idx])))
+    return out
+
+
+def _fit_standard(data: np.ndarray, allowed: np.ndarray, exact_all: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
     n_data = data.shape[0]
     log_data = np.log(data, dtype=np.float64)
     idx = np.arange(n_data - 1)
@@ -123,11 +167,10 @@ def _fit_standard(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     suffix = np.cumsum(log_data[::-1])[::-1]  # suffix[i] = Σ_{j≥i} ln x_j
     with np.errstate(divide="ignore", invalid="ignore"):
         alphas = 1.0 + n / (suffix[idx] - n * log_data[idx])
-    Ds = _ks_distances(data, alphas, idx)
-    return alphas, Ds, Ds
+    return alphas, _ks_distances(data, alphas, allowed, exact_all)
 
 
-def _fit_small_n(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fit_small_n(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_data = data.shape[0]
     log_data = np.log(data, dtype=np.float64)
     alphas = np.zeros(n_data - 1)
@@ -157,7 +200,7 @@ def _fit_small_n(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             alphas[0] = 1.0 + (n - 1.0) / s
             theory = 1.0 - (data / data[0]) ** (1.0 - alphas[0])
             Ds[0] = float(np.max(np.abs(np.arange(n_data) / n - theory)))
-    return alphas, Ds, Ds
+    return alphas, Ds
 
 
 def fit_power_law(
@@ -165,6 +208,7 @@ def fit_power_law(
     *,
     thresh: float = EVALS_THRESH,
     xmin_range: tuple[float, float] | None = None,
+    all_distances: bool = False,
 ) -> PowerLawFit:
     """Fit a power law to the tail of ``evals`` (weightwatcher's estimator by default).
 
@@ -174,6 +218,9 @@ def fit_power_law(
         xmin_range: optional ``(lo, hi)``; only candidates with ``lo <= xmin <= hi`` are
             considered. ``None`` (the default) reproduces weightwatcher: every point but the
             largest is a candidate.
+        all_distances: compute D for every candidate (for plots of D against xmin); by
+            default candidates that provably cannot win are skipped and get D = NaN in
+            ``Ds`` (the chosen fit is the same either way).
 
     Returns:
         A :class:`PowerLawFit`; ``status == "failed"`` with a ``reason`` when no fit exists
@@ -190,16 +237,20 @@ def fit_power_law(
     if n_data < 2:
         return _failed(f"fewer than 2 eigenvalues above {thresh:g}")
 
-    small = n_data < SMALL_N_CUTOFF
-    alphas, Ds, score = _fit_small_n(data) if small else _fit_standard(data)
     xmins = data[:-1]
+    allowed = np.ones(n_data - 1, dtype=bool)
     if xmin_range is not None:
         lo, hi = xmin_range
         allowed = (xmins >= lo) & (xmins <= hi)
         if not allowed.any():
             return _failed(f"no eigenvalue inside the xmin range [{lo:g}, {hi:g}]")
-        score = np.where(allowed, score, np.inf)
-    best = int(np.argmin(score))
+    small = n_data < SMALL_N_CUTOFF
+    if small:
+        alphas, Ds = _fit_small_n(data)
+    else:
+        alphas, Ds = _fit_standard(data, allowed, all_distances)
+    score = np.where(allowed & ~np.isnan(Ds), Ds, np.inf)
+    best = int(np.argmin(score))  # the first of equal distances, as weightwatcher
     alpha = float(alphas[best])
     n_tail = n_data - best
     if not np.isfinite(alpha) or alpha <= 1.0:
