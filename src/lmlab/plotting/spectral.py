@@ -25,11 +25,26 @@ if TYPE_CHECKING:  # pragma: no cover
     from lmlab.spectral.powerlaw import PowerLawFit
 
 __all__ = ["plot_esd", "plot_alpha_by_layer", "plot_alpha_hist", "plot_alpha_over_training",
-           "new_axes"]
+           "new_axes", "short_layer_name"]
 
 _TYPE_COLORS = {"dense": "#1f77b4", "conv1d": "#ff7f0e", "embedding": "#2ca02c",
                 "conv2d": "#9467bd"}
 _BAND = dict(color="#2ca02c", alpha=0.08, lw=0)
+
+
+_FILLER = {"model", "transformer", "encoder", "decoder", "layer", "layers", "h", "blocks",
+           "attention", "self", "attn", "embeddings", "base_model"}
+
+
+def short_layer_name(longname: str, width: int = 26) -> str:
+    """A compact tick label for a module path (container names dropped).
+
+    >>> short_layer_name("encoder.layer.4.attention.self.value")
+    '4.value'
+    """
+    parts = [p for p in str(longname).split(".") if p not in _FILLER]
+    text = ".".join(parts) or str(longname)
+    return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
 def new_axes(figsize: tuple[float, float] = (7.0, 4.2)) -> Axes:
@@ -94,8 +109,9 @@ def plot_alpha_by_layer(df: pd.DataFrame, *, title: str = "α per layer",
     ax.set_xlabel("layer (depth order)")
     ax.set_ylabel("α")
     ax.set_title(title)
-    if len(rows) <= 40:
-        ax.set_xticks(pos, [str(n)[-22:] for n in rows["longname"]], rotation=90, fontsize=6)
+    if len(rows) <= 60:
+        ax.set_xticks(pos, [short_layer_name(n) for n in rows["longname"]], rotation=90,
+                      fontsize=6)
     ax.legend(frameon=False, fontsize=8, ncol=3)
     return ax
 
