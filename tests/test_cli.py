@@ -103,3 +103,21 @@ def test_unwritable_out_fails_before_work(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "lmlab: error:" in proc.stderr
     assert time.perf_counter() - start < 60
+
+
+def test_nan_weights_exit_2_naming_the_layer_and_keep_the_rest(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    w = torch.randn(32, 32)
+    w[1, 2] = float("nan")
+    path = tmp_path / "w.safetensors"
+    save_file({"blocks.0.proj.weight": torch.randn(32, 32), "blocks.1.proj.weight": w}, str(path))
+    proc = subprocess.run([*LMLAB, "spectral", str(path), "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "blocks.1.proj" in proc.stderr
+    (run_dir,) = (tmp_path / "runs" / "spectral").iterdir()
+    table = pd.read_csv(run_dir / "spectra.csv")
+    assert table["status"].tolist() == ["success", "failed"]
+    assert "NaN/Inf" in (run_dir / "report.html").read_text()

@@ -166,7 +166,7 @@ def _replace(cfg: Any, updates: dict[tuple[str, ...], Any]) -> Any:
     for name, sub_updates in nested.items():
         current = getattr(cfg, name)
         if current is None:
-            section = section_class(field_types(type(cfg))[name])
+            section = section_class(field_types(type(cfg))[name])  # type: ignore[arg-type]
             assert section is not None
             try:
                 current = section()

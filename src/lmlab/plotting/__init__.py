@@ -6,6 +6,7 @@ True
 """
 
 from lmlab.plotting.spectral import (
+    figure_of,
     new_axes,
     plot_alpha_by_layer,
     plot_alpha_hist,
@@ -13,5 +14,5 @@ from lmlab.plotting.spectral import (
     plot_esd,
 )
 
-__all__ = ["new_axes", "plot_esd", "plot_alpha_by_layer", "plot_alpha_hist",
+__all__ = ["figure_of", "new_axes", "plot_esd", "plot_alpha_by_layer", "plot_alpha_hist",
            "plot_alpha_over_training"]

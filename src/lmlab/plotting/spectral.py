@@ -21,15 +21,16 @@ import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from lmlab.spectral.powerlaw import PowerLawFit
 
 __all__ = ["plot_esd", "plot_alpha_by_layer", "plot_alpha_hist", "plot_alpha_over_training",
-           "new_axes", "short_layer_name"]
+           "new_axes", "figure_of", "short_layer_name"]
 
 _TYPE_COLORS = {"dense": "#1f77b4", "conv1d": "#ff7f0e", "embedding": "#2ca02c",
                 "conv2d": "#9467bd"}
-_BAND = dict(color="#2ca02c", alpha=0.08, lw=0)
+_BAND: dict[str, Any] = dict(color="#2ca02c", alpha=0.08, lw=0)
 
 
 _FILLER = {"model", "transformer", "encoder", "decoder", "layer", "layers", "h", "blocks",
@@ -45,6 +46,13 @@ def short_layer_name(longname: str, width: int = 26) -> str:
     parts = [p for p in str(longname).split(".") if p not in _FILLER]
     text = ".".join(parts) or str(longname)
     return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def figure_of(ax: Axes) -> Figure:
+    """The top-level Figure that holds ``ax`` (to save it)."""
+    fig = ax.get_figure(root=True)
+    assert fig is not None
+    return fig  # type: ignore[return-value]
 
 
 def new_axes(figsize: tuple[float, float] = (7.0, 4.2)) -> Axes:
@@ -67,7 +75,7 @@ def plot_esd(evals: np.ndarray, fit: PowerLawFit | None = None, *, title: str = 
     ax = ax or new_axes()
     x = np.asarray(evals, dtype=float)
     x = x[x > 0]
-    bins = np.logspace(np.log10(x.min()), np.log10(x.max()), 60)
+    bins = np.logspace(np.log10(x.min()), np.log10(x.max()), 60).tolist()
     ax.hist(x, bins=bins, density=True, color="#9ecae1", edgecolor="#3182bd", lw=0.5,
             label="ESD")
     if fit is not None and fit.ok:

@@ -199,7 +199,7 @@ def _flatten(meta: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in meta.items():
         if isinstance(value, Mapping):
             flat.update(_flatten(value, f"{prefix}{key}."))
-        elif key in _DURATION_KEYS and isinstance(value, numbers.Real) and value >= 0:
+        elif key in _DURATION_KEYS and isinstance(value, numbers.Real) and float(value) >= 0.0:
             flat[prefix + key] = _format_duration(float(value))
         else:
             flat[prefix + key] = value

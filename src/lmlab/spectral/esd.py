@@ -103,7 +103,7 @@ def _smallest_singular_value(W: np.ndarray) -> float | None:
         inv = np.linalg.inv(A)
     except np.linalg.LinAlgError:
         return None
-    x = np.random.default_rng(0).standard_normal(M)
+    x = np.random.default_rng(0).standard_normal(size=(M,))
     x /= np.linalg.norm(x)
     previous = 0.0
     for _ in range(_POWER_STEPS):
@@ -179,7 +179,7 @@ def spectrum_of(
     for W in matrices:
         Wd = np.asarray(W, dtype=np.float32).astype(dtype)
         if scale != 1.0:
-            Wd = Wd * dtype(scale)
+            Wd = np.multiply(Wd, scale, dtype=Wd.dtype)
         sv = _singular_values(Wd, method).astype(np.float64)
         all_evals.append(sv * sv)
         sv_max = max(sv_max, float(np.max(sv)))

@@ -20,6 +20,7 @@ without one, ``layer_id`` counts the tensors of the file in order and types come
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -92,9 +93,8 @@ def _module_layers(model: torch.nn.Module) -> Iterator[tuple[int, str, str, torc
 def _from_module(model: torch.nn.Module) -> Iterator[LayerRef]:
     for layer_id, longname, kind, module in _module_layers(model):
         w = module.weight
-        yield LayerRef(
-            layer_id, _leaf(longname), longname, kind, tuple(w.shape), lambda w=w: w.detach()
-        )
+        assert isinstance(w, torch.Tensor)
+        yield LayerRef(layer_id, _leaf(longname), longname, kind, tuple(w.shape), w.detach)
 
 
 # ----------------------------------------------------------------------------- tensor stores
@@ -146,9 +146,8 @@ def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
             return obj
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
-            tensors_inside = isinstance(inner, Mapping) and any(
-                isinstance(v, torch.Tensor) for v in inner.values())
-            if tensors_inside:
+            if isinstance(inner, Mapping) and any(
+                    isinstance(v, torch.Tensor) for v in inner.values()):
                 return {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors:
@@ -256,7 +255,7 @@ def _from_store_with_skeleton(store: _TensorStore, model: torch.nn.Module) -> It
             continue
         yield LayerRef(
             layer_id, _leaf(longname), longname, kind, store.shapes[key],
-            lambda key=key: store.get(key),
+            functools.partial(store.get, key),
         )
 
 
@@ -280,7 +279,7 @@ def _from_store_by_name(store: _TensorStore) -> Iterator[LayerRef]:
             continue
         longname = key[: -len(".weight")]
         yield LayerRef(layer_id, _leaf(longname), longname, kind, shape,
-                       lambda key=key: store.get(key))
+                       functools.partial(store.get, key))
 
 
 def iter_layers(source: Any) -> Iterator[LayerRef]:

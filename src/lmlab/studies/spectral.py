@@ -145,7 +145,12 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
         device=device if device.type != "cpu" else None,
     )
     seconds = time.perf_counter() - start
-    summary = {"model": cfg.model, "weights": str(weights), **summarize(df),
+    stats = summarize(df)
+    headline = ("alpha_mean", "alpha_median", "n_layers", "n_alpha_2_6", "n_alpha_lt_2",
+                "n_alpha_gt_6", "n_failed", "n_skipped")
+    summary = {"model": cfg.model, "weights": str(weights),
+               **{k: stats[k] for k in headline},
+               **{k: v for k, v in stats.items() if k not in headline},
                "seconds": round(seconds, 3)}
     run_dir.save_table(f"spectra.{cfg.table_format}", df)
     run_dir.log_metrics(
@@ -157,23 +162,42 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     result = Result(df, summary)
     figures = plot(result, run_dir, weights=weights, cfg=cfg)
     _report(result, run_dir, figures, cfg)
+    _fail_on_corrupt_weights(df, run_dir)
     return result
+
+
+def _fail_on_corrupt_weights(df: pd.DataFrame, run_dir: RunDir) -> None:
+    """NaN/Inf weights mean a corrupt model: an error, after every other row is saved."""
+    bad = df[df["reason"].str.contains("NaN/Inf", regex=False, na=False)]
+    if len(bad):
+        first = bad.iloc[0]
+        raise LmlabError(
+            f"{len(bad)} layer(s) have NaN/Inf weights (first: layer {first.layer_id} "
+            f"{first.longname}); the model or checkpoint is corrupt; the other layers' results "
+            f"are in {run_dir.path}"
+        )
 
 
 def plot(result: Result, run_dir: RunDir, *, weights: Any = None, cfg: Config | None = None
          ) -> dict[str, str]:
     """Write the study's figures; return {file name: caption}."""
-    from lmlab.plotting import new_axes, plot_alpha_by_layer, plot_alpha_hist, plot_esd
+    from lmlab.plotting import (
+        figure_of,
+        new_axes,
+        plot_alpha_by_layer,
+        plot_alpha_hist,
+        plot_esd,
+    )
     from lmlab.spectral import fit_power_law, layer_spectra
 
     cfg = cfg or Config()
     df = result.table
     figures: dict[str, str] = {}
     ax = plot_alpha_by_layer(df, title=f"α per layer — {cfg.model}")
-    run_dir.save_figure(ax.figure, "alpha_by_layer")
+    run_dir.save_figure(figure_of(ax), "alpha_by_layer")
     figures["alpha_by_layer.png"] = "α of every layer in depth order; the band marks 2 ≤ α ≤ 6."
     ax = plot_alpha_hist(df, title=f"α histogram — {cfg.model}")
-    run_dir.save_figure(ax.figure, "alpha_hist")
+    run_dir.save_figure(figure_of(ax), "alpha_hist")
     figures["alpha_hist.png"] = "Distribution of α over the fitted layers."
     chosen = _pick_esd_layers(df, cfg.esd_layers)
     if chosen and weights is not None:
@@ -185,7 +209,7 @@ def plot(result: Result, run_dir: RunDir, *, weights: Any = None, cfg: Config | 
             fit = fit_power_law(evals)
             plot_esd(evals, fit, title=f"layer {layer_id}: {row.longname}", ax=ax)
             name = f"esd_layer_{layer_id}"
-            run_dir.save_figure(ax.figure, name)
+            run_dir.save_figure(figure_of(ax), name)
             figures[f"{name}.png"] = (
                 f"ESD of {row.longname} with its fitted tail (α = {fit.alpha:.2f}).")
     return figures
