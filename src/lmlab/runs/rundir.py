@@ -240,16 +240,19 @@ class RunDir:
             self.update_meta(meta)
         return atomic_write_json(self._path / "config.json", data)
 
+    def _read_object(self, name: str) -> dict[str, Any]:
+        data = _read_json(self._path / name, name)
+        if not isinstance(data, dict):
+            raise LmlabError(f"{self._path / name} is not a JSON object; it is corrupt")
+        return data
+
     def read_config(self) -> dict[str, Any]:
         """The contents of ``config.json`` as a dict.
 
         Raises:
             LmlabError: If it is missing or corrupt.
         """
-        data = _read_json(self._path / "config.json", "config.json")
-        if not isinstance(data, dict):
-            raise LmlabError(f"{self._path / 'config.json'} is not a JSON object; it is corrupt")
-        return data
+        return self._read_object("config.json")
 
     def read_meta(self) -> dict[str, Any]:
         """The contents of ``meta.json``, or an empty dict if there is none.
@@ -366,10 +369,7 @@ class RunDir:
         Raises:
             LmlabError: If it is missing or corrupt.
         """
-        data = _read_json(self._path / "summary.json", "summary.json")
-        if not isinstance(data, dict):
-            raise LmlabError(f"{self._path / 'summary.json'} is not a JSON object; it is corrupt")
-        return data
+        return self._read_object("summary.json")
 
     def save_figure(self, fig: Figure, name: str) -> Path:
         """Save ``fig`` as ``figures/<name>.png`` (atomically) and close it.
