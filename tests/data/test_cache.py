@@ -1,0 +1,126 @@
+"""The download cache, against a real HTTP server on the loopback interface."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lmlab.data import data_cache_dir, download_once
+from lmlab.errors import LmlabError
+
+PAYLOAD = b'[{"form": "f", "Question": "q", "Answer": "a"}]\n'
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Serves ``tmp_path/www`` on 127.0.0.1; yields the base URL and a log of request paths."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "data.json").write_bytes(PAYLOAD)
+    requests: list[str] = []
+
+    class Handler(_Handler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+    )
+    httpd.timeout = 5
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "data"
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMLAB_CACHE", "/somewhere")
+    assert data_cache_dir() == Path("/somewhere/data")
+    monkeypatch.delenv("LMLAB_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert data_cache_dir() == Path("/xdg/lmlab/data")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert data_cache_dir() == Path("/home/someone/.cache/lmlab/data")
+
+
+def test_downloads_once_then_serves_from_the_cache(
+    server: tuple[str, list[str]], cache: Path
+) -> None:
+    base, requests = server
+    url = f"{base}/data.json"
+    path = download_once(url, "data.json", timeout=5)
+    assert path == cache / "data.json"
+    assert path.read_bytes() == PAYLOAD
+    sidecar = cache / "data.json.sha256"
+    assert sidecar.read_text().split()[0] == hashlib.sha256(PAYLOAD).hexdigest()
+    assert requests == ["/data.json"]
+    assert sorted(p.name for p in cache.iterdir()) == ["data.json", "data.json.sha256"]
+
+    again = download_once("http://127.0.0.1:9/unreachable", "data.json", timeout=1)
+    assert again == path and requests == ["/data.json"]
+
+
+def test_a_corrupted_cache_is_detected(server: tuple[str, list[str]], cache: Path) -> None:
+    base, _ = server
+    path = download_once(f"{base}/data.json", "data.json", timeout=5)
+    path.write_bytes(PAYLOAD.replace(b"q", b"Q"))
+    with pytest.raises(LmlabError, match=f"cached file {path} is corrupt.*delete it"):
+        download_once(f"{base}/data.json", "data.json", timeout=5)
+    (cache / "data.json.sha256").unlink()
+    with pytest.raises(LmlabError, match="no readable checksum"):
+        download_once(f"{base}/data.json", "data.json", timeout=5)
+
+
+def test_http_errors_leave_no_file_behind(server: tuple[str, list[str]], cache: Path) -> None:
+    base, _ = server
+    with pytest.raises(LmlabError, match=r"cannot download .*/missing.json \(HTTP 404"):
+        download_once(f"{base}/missing.json", "missing.json", timeout=5)
+    assert list(cache.iterdir()) == []
+
+
+def test_an_unreachable_url_says_to_pass_a_local_copy(cache: Path) -> None:
+    url = "http://127.0.0.1:9/nope"
+    with pytest.raises(LmlabError, match=r"cannot download http://127\.0\.0\.1:9/nope .*"
+                                         r"--set data\.path="):
+        download_once(url, "nope.json", timeout=2)
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "."])
+def test_cache_names_are_plain_file_names(cache: Path, name: str) -> None:
+    with pytest.raises(LmlabError, match="plain file name"):
+        download_once("http://127.0.0.1:9/x", name)
+
+
+def test_a_silent_server_times_out(cache: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/slow.json"
+        with pytest.raises(LmlabError, match=r"cannot download .*slow\.json.*data\.path"):
+            download_once(url, "slow.json", timeout=0.5)
+    assert list(cache.iterdir()) == []

@@ -1,0 +1,175 @@
+"""IR-Triplets: the real file's known facts, template errors, and the homework's split."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+
+from lmlab.data import (
+    DEFAULT_TEMPLATE,
+    FIELDS,
+    format_records,
+    load_ir_triplets,
+    sample_split,
+)
+from lmlab.errors import LmlabError
+
+
+def test_real_file_has_the_documented_shape(ir_path: Path) -> None:
+    records = load_ir_triplets(ir_path)
+    assert len(records) == 1807
+    assert all(tuple(r) == FIELDS for r in records)
+    forms = {r["form"] for r in records}
+    assert len(forms) == 10
+    counts = [sum(r["form"] == f for r in records) for f in forms]
+    assert min(counts) >= 150 and max(counts) <= 204
+    assert all(v.strip() for r in records for v in r.values())
+
+
+def test_formatted_texts_follow_the_homework_template(ir_path: Path) -> None:
+    records = load_ir_triplets(ir_path)
+    texts = format_records(records)
+    assert len(texts) == len(records)
+    assert statistics.mean(map(len, texts)) == pytest.approx(313, abs=1)
+    r = records[0]
+    assert texts[0] == (
+        f"Context: {r['Training Observations']}\n\nQuestion: {r['Question']}\n\n"
+        f"Answer: {r['Answer']}"
+    )
+    assert DEFAULT_TEMPLATE.format_map(r) == texts[0]
+
+
+def test_a_missing_field_names_the_record_and_the_field(ir_path: Path) -> None:
+    records = [dict(r) for r in load_ir_triplets(ir_path)[:30]]
+    del records[17]["Question"]
+    with pytest.raises(LmlabError, match=r"record 17 has no field 'Question' used by the "
+                                         r"template; fields present: 'form'"):
+        format_records(records)
+
+
+def test_a_misspelt_template_field_fails_on_record_0(ir_path: Path) -> None:
+    records = load_ir_triplets(ir_path)
+    template = DEFAULT_TEMPLATE.replace("{Question}", "{Qeustion}")
+    with pytest.raises(LmlabError, match=r"record 0 has no field 'Qeustion'.*\{Question\}"):
+        format_records(records, template)
+
+
+@pytest.mark.parametrize("template", ["Q: {}", "Q: {0}", "Q: {Question", "Q: Question}"])
+def test_malformed_templates_are_user_errors(template: str) -> None:
+    with pytest.raises(LmlabError, match="template"):
+        format_records([{"Question": "q"}], template)
+
+
+def test_literal_braces_and_custom_templates() -> None:
+    assert format_records([{"a b": "x"}], "{{{a b}}}") == ["{x}"]
+
+
+def test_an_empty_dataset_is_a_clear_error() -> None:
+    with pytest.raises(LmlabError, match="the dataset is empty after filtering"):
+        format_records([])
+    with pytest.raises(LmlabError, match="the dataset is empty after filtering"):
+        sample_split([], 10)
+
+
+def test_sample_split_reproduces_the_homework(ir_path: Path) -> None:
+    data = load_ir_triplets(ir_path)
+    state = random.getstate()
+    train, test = sample_split(data, 500)
+    assert random.getstate() == state, "the global random state must be left alone"
+    assert (len(train), len(test)) == (400, 100)
+
+    random.seed(42)
+    sample = random.sample(data, 500)
+    random.setstate(state)
+    assert test == sample[:100]
+    assert train == sample[100:]
+
+
+def test_sample_split_is_deterministic_and_disjoint(ir_path: Path) -> None:
+    texts = format_records(load_ir_triplets(ir_path))
+    train, test = sample_split(texts, 500)
+    assert sample_split(texts, 500) == (train, test)
+    assert sample_split(texts, 500, seed=1) != (train, test)
+    indices = list(range(len(texts)))
+    train_i, test_i = sample_split(indices, 500)
+    assert not set(train_i) & set(test_i)
+    assert len(set(train_i) | set(test_i)) == 500
+
+
+def test_sample_split_takes_everything_when_asked_for_more() -> None:
+    for n in (None, 50):
+        train, test = sample_split(range(10), n, test_fraction=0.3)
+        assert (len(train), len(test)) == (7, 3)
+        assert sorted(train + test) == list(range(10))
+
+
+@pytest.mark.parametrize("kwargs", [{"n_samples": 0}, {"n_samples": 5, "test_fraction": 1.0},
+                                    {"n_samples": 5, "test_fraction": -0.1}])
+def test_sample_split_rejects_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(LmlabError):
+        sample_split(range(10), **kwargs)
+
+
+def test_load_a_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    with pytest.raises(LmlabError, match=f"{missing} does not exist.*data.path"):
+        load_ir_triplets(missing)
+    with pytest.raises(LmlabError, match="is a directory"):
+        load_ir_triplets(tmp_path)
+
+
+def test_load_invalid_json_names_the_file_and_position(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"form": "a",\n  "Question": }]', encoding="utf-8")
+    with pytest.raises(LmlabError, match=f"{bad} is not valid JSON: .* at line 2, column 15"):
+        load_ir_triplets(str(bad))
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"form": "a"}, "holds a JSON dict, not a list of records"),
+    (["text"], "record 0 of .* is a JSON str, not an object"),
+    ([{"form": "a"}, {"form": 3}], "record 1 of .* non-text value in field 'form'"),
+])
+def test_load_rejects_json_that_is_not_a_list_of_records(
+    tmp_path: Path, payload: object, message: str
+) -> None:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    with pytest.raises(LmlabError, match=message):
+        load_ir_triplets(path)
+
+
+def test_load_without_a_path_uses_the_cached_download(
+    ir_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
+    from lmlab.data import ir_triplets
+
+    calls = []
+
+    def fake_download(url: str, name: str) -> Path:
+        calls.append((url, name))
+        return ir_path
+
+    monkeypatch.setattr(ir_triplets, "download_once", fake_download)
+    assert len(load_ir_triplets()) == 1807
+    assert calls == [(ir_triplets.IR_TRIPLETS_URL, "ir_triplets.json")]
+    load_ir_triplets(url="https://example.org/mirror.json")
+    assert calls[1][0] == "https://example.org/mirror.json"
+    assert calls[1][1].startswith("ir_triplets-") and calls[1][1].endswith(".json")
+
+
+def test_a_corrupt_cached_download_says_to_delete_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmlab.data import ir_triplets
+
+    cached = tmp_path / "ir_triplets.json"
+    cached.write_text("[{", encoding="utf-8")
+    monkeypatch.setattr(ir_triplets, "download_once", lambda url, name: cached)
+    with pytest.raises(LmlabError, match=f"{cached} is not valid JSON.*delete {cached}"):
+        load_ir_triplets()
