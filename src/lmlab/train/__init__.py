@@ -1,10 +1,14 @@
-"""Training: one loop with callbacks (the loop itself lands with the first training study).
+"""Training: one loop with callbacks, causal-LM loss and perplexity, checkpoints, torchrun.
 
->>> from lmlab.train import Callback, TrainState
->>> TrainState(step=3).step
-3
+>>> from lmlab.train import Callback, TrainState, TrainConfig
+>>> TrainState(step=3).step, TrainConfig().warmup_steps
+(3, 20)
 """
 
 from lmlab.train.callbacks import Callback, TrainState
+from lmlab.train.distributed import DistContext, setup
+from lmlab.train.lm import LMEval, evaluate_lm, token_loss_sum
+from lmlab.train.loop import TrainConfig, TrainResult, train
 
-__all__ = ["Callback", "TrainState"]
+__all__ = ["Callback", "TrainState", "TrainConfig", "TrainResult", "train", "evaluate_lm",
+           "LMEval", "token_loss_sum", "DistContext", "setup"]

@@ -1,0 +1,77 @@
+"""Causal-LM loss and perplexity, with padding excluded.
+
+The loss of a batch is the sum of next-token cross-entropies over positions whose label is not
+-100 (padding), and perplexity = exp(total loss / total scored tokens) over a whole split — the
+mean per *token*, not a mean of per-batch means.
+
+>>> import torch
+>>> class Uniform(torch.nn.Module):            # predicts every token with probability 1/V
+...     def forward(self, input_ids, attention_mask=None):
+...         return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 7)})()
+>>> batch = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3),
+...          "labels": torch.tensor([[1, 2, 3]])}
+>>> loss, n = token_loss_sum(Uniform(), batch)
+>>> n, round(float(loss / n), 4), round(torch.log(torch.tensor(7.0)).item(), 4)
+(2, 1.9459, 1.9459)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.train.distributed import DistContext, all_reduce_sum
+
+__all__ = ["token_loss_sum", "evaluate_lm", "LMEval"]
+
+
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy of a batch and the number of scored tokens."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1, :]  # (B, T-1, V): position t predicts token t+1
+    labels = batch["labels"][:, 1:]  # (B, T-1)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((labels != -100).sum())
+
+
+@dataclass(frozen=True)
+class LMEval:
+    """Mean token loss, its perplexity, and the number of tokens scored."""
+
+    loss: float
+    perplexity: float
+    tokens: int
+
+
+@torch.no_grad()
+def evaluate_lm(model: Any, examples: Sequence[Sequence[int]],
+                collate: Callable[[Sequence[Sequence[int]]], dict[str, torch.Tensor]], *,
+                batch_size: int = 8, device: Any = None,
+                ctx: DistContext | None = None) -> LMEval:
+    """Loss and perplexity of ``model`` on tokenised ``examples`` (padding never scored).
+
+    Under data parallelism each rank scores a strided share and the sums are combined.
+    """
+    ctx = ctx or DistContext()
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    mine = list(examples)[ctx.rank :: ctx.world_size]
+    for start in range(0, len(mine), batch_size):
+        batch = {k: v.to(device) if device is not None else v
+                 for k, v in collate(mine[start : start + batch_size]).items()}
+        loss, n = token_loss_sum(model, batch)
+        total += float(loss)
+        count += n
+    total, count_f = all_reduce_sum([total, float(count)], ctx)
+    model.train(was_training)
+    if count_f == 0:
+        return LMEval(float("nan"), float("nan"), 0)
+    mean = total / count_f
+    return LMEval(mean, math.exp(mean) if mean < 700 else float("inf"), int(count_f))
