@@ -44,6 +44,11 @@ _STUDIES: tuple[StudyInfo, ...] = (
         "Heavy-tailed spectral analysis of a model's weights: α per layer, ESDs, summary",
         "Martin & Mahoney, JMLR 2021; weightwatcher 0.7.7",
     ),
+    StudyInfo(
+        "finetune-spectral", "lmlab.studies.finetune_spectral",
+        "Fine-tune a causal LM; α per layer before, during and after, with perplexity",
+        "spectral fine-tuning homework; IR-Triplets (InductiveSLM)",
+    ),
 )
 
 

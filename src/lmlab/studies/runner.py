@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +46,7 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     device, seed, library versions, start time, duration and final status (``finished``,
     ``interrupted`` or ``failed``).
     """
-    from lmlab.runs import RunDir
+    from lmlab.runs import RunDir, render_report
     from lmlab.runtime import environment_info, resolve_device, seed_everything
 
     module = get_study(study)
@@ -52,7 +54,11 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     dev = resolve_device(getattr(cfg, "device", None))
     if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
         module.check(cfg)
-    run_dir = RunDir.create(out, study, name or preset)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 writes the run directory
+        scratch = tempfile.mkdtemp(prefix=f"lmlab-rank{os.environ['RANK']}-")
+        run_dir = RunDir.create(scratch, study, name or preset)
+    else:
+        run_dir = RunDir.create(out, study, name or preset)
     seed = getattr(cfg, "seed", None)
     run_dir.save_config(cfg, meta={
         "study": study, "preset": preset, "device": str(dev), "seed": seed,
@@ -72,4 +78,6 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     finally:
         run_dir.update_meta({"status": status,
                              "duration_s": round(time.perf_counter() - start, 2)})
+        if (run_dir.path / "report.json").exists():  # the "What ran" section shows the end
+            render_report(run_dir)
     return run_dir

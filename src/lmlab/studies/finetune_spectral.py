@@ -1,0 +1,363 @@
+"""Study `finetune-spectral`: fine-tune a causal LM and watch its layer spectra.
+
+After the homework "Spectral Analysis of Fine-tuned Language Models": fine-tune a pretrained
+causal LM on IR-Triplets (inductive-reasoning triplets) and measure every layer's power-law
+exponent α (Martin & Mahoney, JMLR 2021; weightwatcher's estimator) before, during and after
+training, with the test loss and perplexity. Claim under test: fine-tuning moves α, and layers
+in 2 ≤ α ≤ 6 are "healthy" — a heuristic whose limits the report states.
+
+Commands::
+
+    lmlab run finetune-spectral --preset quick     # offline: smollm2-135m, a few minutes on CPU
+    lmlab run finetune-spectral --preset paper     # the homework: distilgpt2, 500 samples
+    lmlab run finetune-spectral --set data.path=ir_triplets.json --set train.epochs=2
+
+Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel.
+
+>>> cfg = Config.paper()
+>>> (cfg.model, cfg.data.n_samples, cfg.data.max_length, cfg.train.batch_size)
+('distilgpt2', 500, 256, 8)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+from lmlab.errors import LmlabError
+from lmlab.runs import Report, RunDir, write_report
+from lmlab.train.callbacks import Callback
+from lmlab.train.loop import TrainConfig
+
+__all__ = ["Config", "DataConfig", "SpectralConfig", "Result", "check", "run", "SUMMARY_KEYS"]
+
+SUMMARY_KEYS: dict[str, str] = {
+    "model": "the model reference fine-tuned",
+    "n_layers": "layers with a power-law fit before and after",
+    "mean_alpha_pre": "mean α before fine-tuning",
+    "mean_alpha_post": "mean α after fine-tuning",
+    "good_layers_pre": "layers with 2 ≤ α ≤ 6 before",
+    "good_layers_post": "layers with 2 ≤ α ≤ 6 after",
+    "test_loss": "mean token loss on the test split after fine-tuning (padding excluded)",
+    "perplexity": "exp(test_loss)",
+    "train_seconds": "wall time of the optimisation steps",
+    "test_loss_pre": "test loss before fine-tuning",
+    "perplexity_pre": "perplexity before fine-tuning",
+    "data_source": "the text the model was trained on",
+    "n_train": "training examples",
+    "n_test": "test examples",
+    "steps": "optimisation steps",
+    "tokens_per_second": "training tokens per second",
+    "tracking_seconds": "time spent in spectral tracking during training",
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it is split.
+
+    Attributes:
+        source: ``ir-triplets`` (``path``, or the cached download of ``url``),
+            ``stdlib-docstrings`` (real offline English prose), or ``auto``: ``path`` if given,
+            else a cached IR-Triplets download, else the standard-library docstrings.
+        path: a local IR-Triplets JSON file.
+        url: where IR-Triplets is downloaded from (once, then cached with its checksum).
+        template: how a record becomes text (fields in braces).
+        n_samples: records drawn with ``random.seed(seed); random.sample(...)`` (none: all).
+        test_fraction: the first share of the sample is the test split.
+        max_length: tokens per example (truncated).
+        seed: the sampling seed.
+    """
+
+    source: Literal["auto", "ir-triplets", "stdlib-docstrings"] = "ir-triplets"
+    path: str | None = None
+    url: str = ("https://raw.githubusercontent.com/omroot/InductiveSLM/master/cache/raw_data/"
+                "ir_triplets/ir_triplets.json")
+    template: str = "Context: {Training Observations}\n\nQuestion: {Question}\n\nAnswer: {Answer}"
+    n_samples: int | None = 500
+    test_fraction: float = 0.2
+    max_length: int = 256
+    seed: int = 42
+
+    def validate(self) -> None:
+        """Reject impossible values."""
+        if not 0 < self.test_fraction < 1:
+            raise LmlabError("data.test_fraction must be between 0 and 1")
+        if self.n_samples is not None and self.n_samples < 2:
+            raise LmlabError("data.n_samples must be at least 2 (or none for all records)")
+        if self.max_length < 2:
+            raise LmlabError("data.max_length must be at least 2 tokens")
+
+
+@dataclass(frozen=True)
+class SpectralConfig:
+    """Spectral tracking during training.
+
+    Attributes:
+        track_every: analyse every this many steps (and before and after training).
+        precision: ``float64`` (weightwatcher parity) or ``float32`` (cheaper tracking).
+    """
+
+    track_every: int = 10
+    precision: Literal["float64", "float32"] = "float64"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The study's configuration (``--set model=...``, ``--set train.lr=...``)."""
+
+    model: str = "distilgpt2"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    device: str = "auto"
+    seed: int = 42
+
+    @classmethod
+    def paper(cls) -> Config:
+        """The homework: distilgpt2 on 500 IR-Triplets samples, max_length 256, 1 epoch, batch
+        8, warm-up 20, weight decay 0.01, seed 42."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> Config:
+        """Offline: smollm2-135m on 96 examples of real text, a few minutes on 2 CPU cores."""
+        return cls(
+            model="smollm2-135m",
+            data=DataConfig(source="auto", n_samples=120, max_length=128),
+            train=TrainConfig(warmup_steps=2),
+            spectral=SpectralConfig(track_every=6),
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    """Per-layer tables before and after, the α trajectory, the training log and summary."""
+
+    pre: pd.DataFrame
+    post: pd.DataFrame
+    tracked: pd.DataFrame
+    history: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _texts(cfg: DataConfig) -> tuple[list[str], list[str], str]:
+    """(train texts, test texts, name of the source)."""
+    from pathlib import Path
+
+    from lmlab.data import (
+        STDLIB_DOCSTRINGS_SOURCE,
+        data_cache_dir,
+        format_records,
+        load_ir_triplets,
+        sample_split,
+        stdlib_docstrings,
+    )
+
+    source = cfg.source
+    if source == "auto":
+        cached = data_cache_dir() / "ir_triplets.json"
+        source = "ir-triplets" if cfg.path or cached.exists() else "stdlib-docstrings"
+    if source == "stdlib-docstrings":
+        texts, name = stdlib_docstrings(), STDLIB_DOCSTRINGS_SOURCE
+    else:
+        records = load_ir_triplets(cfg.path, url=cfg.url)
+        texts = format_records(records, cfg.template)
+        name = f"IR-Triplets ({Path(cfg.path).name if cfg.path else 'downloaded, cached'})"
+    train, test = sample_split(texts, cfg.n_samples, seed=cfg.seed,
+                               test_fraction=cfg.test_fraction)
+    if not train or not test:
+        raise LmlabError(f"the split left {len(train)} train and {len(test)} test examples; "
+                         "raise data.n_samples")
+    return train, test, name
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def check(cfg: Config) -> None:
+    """Fail before any work when the model reference cannot be resolved."""
+    from lmlab.models.hf import resolve_weights
+
+    if cfg.model not in ("smollm2-135m",):  # that one is prepared on first use
+        resolve_weights(cfg.model)
+
+
+def _stage_row(stage: str, df: pd.DataFrame, loss: float, ppl: float) -> dict[str, Any]:
+    from lmlab.spectral import summarize
+
+    s = summarize(df)
+    return {"stage": stage, "mean_alpha": s["alpha_mean"], "good_layers": s["n_alpha_2_6"],
+            "alpha_lt_2": s["n_alpha_lt_2"], "alpha_gt_6": s["n_alpha_gt_6"],
+            "test_loss": loss, "perplexity": ppl}
+
+
+def run(cfg: Config, run_dir: RunDir) -> Result:
+    """Fine-tune ``cfg.model`` with α tracking; write tables, figures, summary and report."""
+    from lmlab.data import CausalLMCollator, tokenize_texts
+    from lmlab.models.hf import load_causal_lm
+    from lmlab.runtime import resolve_device
+    from lmlab.spectral import SpectralTracker
+    from lmlab.train import evaluate_lm, setup, train
+
+    ctx = setup()
+    device = resolve_device(cfg.device)
+    train_texts, test_texts, source = _texts(cfg.data)
+    model, tokenizer = load_causal_lm(cfg.model, device=device)
+    if ctx.is_main:
+        run_dir.update_meta({"model": cfg.model, "data_source": source})
+    train_ex = tokenize_texts(train_texts, tokenizer, cfg.data.max_length)
+    test_ex = tokenize_texts(test_texts, tokenizer, cfg.data.max_length)
+    collate = CausalLMCollator(pad_token_id=int(tokenizer.pad_token_id))
+    pre_eval = evaluate_lm(model, test_ex, collate, batch_size=cfg.train.batch_size,
+                           device=device, ctx=ctx)
+    tracker = SpectralTracker(every=cfg.spectral.track_every, at_begin=False, at_end=False,
+                              sink=run_dir if ctx.is_main else None,
+                              precision=cfg.spectral.precision)
+    pre = tracker.record(0, model) if ctx.is_main else pd.DataFrame()
+    timed = _TimedTracker(tracker)
+    result = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=test_ex,
+                   callbacks=[timed], checkpoint_dir=run_dir.checkpoints_dir, device=device,
+                   log=run_dir.log_metrics if ctx.is_main else None, ctx=ctx, progress=True)
+    if not ctx.is_main:
+        return Result(pre, pre, pd.DataFrame(), result.history, result.evals, {})
+    post = tracker.record(result.steps, model)
+    final = result.evals[-1]
+    summary = _summary(cfg, pre, post, pre_eval, final, result, source, len(train_ex),
+                       len(test_ex), timed.seconds)
+    run_dir.save_table("spectra_pre.csv", pre)
+    run_dir.save_table("spectra_post.csv", post)
+    run_dir.save_summary(summary)
+    out = Result(pre, post, tracker.frame(), result.history, result.evals, summary)
+    _report(cfg, out, run_dir, pre_eval)
+    return out
+
+
+class _TimedTracker(Callback):
+    """Forwards callbacks to a tracker and measures the time they take."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker, self.seconds = tracker, 0.0
+
+    def _timed(self, name: str, state: Any) -> None:
+        start = time.perf_counter()
+        getattr(self.tracker, name)(state)
+        self.seconds += time.perf_counter() - start
+
+    def on_train_begin(self, state: Any) -> None:  # noqa: D102
+        self._timed("on_train_begin", state)
+
+    def on_step_end(self, state: Any) -> None:  # noqa: D102
+        self._timed("on_step_end", state)
+
+    def on_train_end(self, state: Any) -> None:  # noqa: D102
+        self._timed("on_train_end", state)
+
+
+def _summary(cfg: Config, pre: pd.DataFrame, post: pd.DataFrame, pre_eval: Any,
+             final: dict[str, Any], result: Any, source: str, n_train: int, n_test: int,
+             tracking_seconds: float) -> dict[str, Any]:
+    from lmlab.spectral import summarize
+
+    s_pre, s_post = summarize(pre), summarize(post)
+    return {
+        "model": cfg.model,
+        "n_layers": int(min(s_pre["n_layers"], s_post["n_layers"])),
+        "mean_alpha_pre": s_pre["alpha_mean"], "mean_alpha_post": s_post["alpha_mean"],
+        "good_layers_pre": s_pre["n_alpha_2_6"], "good_layers_post": s_post["n_alpha_2_6"],
+        "test_loss": final["loss"], "perplexity": final["perplexity"],
+        "train_seconds": round(result.seconds, 2),
+        "test_loss_pre": pre_eval.loss, "perplexity_pre": pre_eval.perplexity,
+        "data_source": source, "n_train": n_train, "n_test": n_test, "steps": result.steps,
+        "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
+        "tracking_seconds": round(tracking_seconds, 2),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def interpret(pre: pd.DataFrame, post: pd.DataFrame, threshold: float = 0.1) -> str:
+    """A short reading of how α moved: which layers, which way, and what the band means.
+
+    >>> pre = pd.DataFrame({"layer_id": [1, 2], "longname": ["a.q", "a.v"],
+    ...                     "alpha": [3.0, 5.0], "status": ["success"] * 2})
+    >>> post = pre.assign(alpha=[2.5, 5.02])
+    >>> "1 of 2 layers moved by more than 0.1" in interpret(pre, post)
+    True
+    """
+    from lmlab.plotting.finetune import _merged
+
+    m = _merged(pre, post)
+    if m.empty:
+        return "No layer had a power-law fit both before and after training."
+    moved = m[m["delta"].abs() > threshold]
+    lines = [f"Mean α went from {m['alpha_pre'].mean():.3f} to {m['alpha_post'].mean():.3f} "
+             f"(Δ = {m['delta'].mean():+.3f}); {len(moved)} of {len(m)} layers moved by more "
+             f"than {threshold}."]
+    if (m["delta"] != 0).any():
+        down = m.nsmallest(3, "delta")
+        up = m.nlargest(3, "delta")
+        fell = [f"{r.longname} ({r.delta:+.3f})" for r in down.itertuples() if r.delta < 0]
+        rose = [f"{r.longname} ({r.delta:+.3f})" for r in up.itertuples() if r.delta > 0]
+        if fell:
+            lines.append("Largest decreases (heavier tails, more correlated structure): "
+                         + ", ".join(fell) + ".")
+        if rose:
+            lines.append("Largest increases (lighter tails, closer to random): "
+                         + ", ".join(rose) + ".")
+        by_kind = m.groupby("kind")["delta"].mean().sort_values()
+        lines.append("Mean Δα by matrix type: " + ", ".join(
+            f"{k} {v:+.3f}" for k, v in by_kind.items()) + ".")
+    lines.append(
+        "The 2 ≤ α ≤ 6 band is an empirical heuristic from Heavy-Tailed Self-Regularization: "
+        "well-trained layers of many models fall in it, α < 2 is read as over-fitting and α > 6 "
+        "as a layer that has learnt little. It is not a test: α of small matrices and of short "
+        "tails is noisy (see σ in the tables), quantised weights shift it, and a few hundred "
+        "fine-tuning steps at a small learning rate usually move it only slightly.")
+    return "\n\n".join(lines)
+
+
+def _report(cfg: Config, res: Result, run_dir: RunDir, pre_eval: Any) -> None:
+    from lmlab.plotting import figure_of, plot_alpha_over_training
+    from lmlab.plotting.finetune import plot_delta_alpha, plot_loss_curves, plot_mean_alpha_bars
+
+    s = res.summary
+    table = pd.DataFrame([
+        _stage_row("pre-trained", res.pre, pre_eval.loss, pre_eval.perplexity),
+        _stage_row("fine-tuned", res.post, s["test_loss"], s["perplexity"]),
+    ])
+    run_dir.save_table("summary_table.csv", table)
+    figs = {
+        "mean_alpha.png": (plot_mean_alpha_bars(
+            {"pre-trained": s["mean_alpha_pre"], "fine-tuned": s["mean_alpha_post"]}),
+            "Mean α before and after fine-tuning; dashed lines at α = 2 and 6."),
+        "delta_alpha.png": (plot_delta_alpha(res.pre, res.post),
+                            "Δα per layer in depth order, coloured by matrix type."),
+        "alpha_over_training.png": (plot_alpha_over_training(res.tracked),
+                                    "α per layer during training (thin) and their mean (thick)."),
+        "loss.png": (plot_loss_curves(res.history, res.evals),
+                     "Training loss per step and test loss after each epoch."),
+    }
+    report = Report(f"Fine-tuning and layer spectra — {cfg.model}")
+    report.add_text(
+        f"**{cfg.model}** fine-tuned on {s['n_train']} examples of {s['data_source']} "
+        f"({s['n_test']} held out), {s['steps']} steps of batch {cfg.train.batch_size}; "
+        f"α per layer by weightwatcher's estimator before, every {cfg.spectral.track_every} "
+        "steps, and after training.")
+    report.add_table(table, caption="Summary (test loss = mean token loss, padding excluded)")
+    report.add_key_values({k: s[k] for k in SUMMARY_KEYS if k in s}, caption="summary.json")
+    for name, (ax, caption) in figs.items():
+        run_dir.save_figure(figure_of(ax), name.removesuffix(".png"))
+        report.add_figure(f"figures/{name}", caption)
+    report.add_heading("Interpretation")
+    report.add_text(interpret(res.pre, res.post))
+    write_report(run_dir, report)
+
