@@ -85,10 +85,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from lmlab.studies.runner import run_study
 
     run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
                         device=args.device, name=args.name)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports
+        return 0
     _print_summary(run_dir)
     print(run_dir.path)
     return 0

@@ -35,7 +35,8 @@ def tiny_dir(tmp_path_factory) -> Path:
                                                unk_token="<unk>")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128,
-                                  vocab_size=tok.vocab_size, bos_token_id=0, eos_token_id=0)
+                                  vocab_size=tok.vocab_size, bos_token_id=0, eos_token_id=0,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # exact DDP
     path = tmp_path_factory.mktemp("tiny") / "gpt2"
     transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
@@ -108,3 +109,28 @@ def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(LmlabError, match=r"record 0 has no field 'Hint'"):
         run_study("finetune-spectral", out=tmp_path,
                   overrides=overrides(tiny_dir, **{"data.template": "{Question} {Hint}"}))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(tiny_dir: Path, tmp_path: Path) -> None:
+    """The same command under torchrun (2 gloo processes) gives the single-process results."""
+    import os
+    import subprocess
+    import sys
+
+    sets = [a for o in overrides(tiny_dir) for a in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    for launcher, out in ((torchrun, tmp_path / "ddp"), ([sys.executable], tmp_path / "one")):
+        proc = subprocess.run([*launcher, "-m", "lmlab.cli", "run", "finetune-spectral",
+                               "--preset", "paper", *sets, "--out", str(out)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    (ddp,) = (tmp_path / "ddp" / "finetune-spectral").iterdir()
+    (one,) = (tmp_path / "one" / "finetune-spectral").iterdir()
+    a = json.loads((ddp / "summary.json").read_text())
+    b = json.loads((one / "summary.json").read_text())
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+    la = pd.read_json(ddp / "metrics.jsonl", lines=True).query("kind == 'train'")["loss"]
+    lb = pd.read_json(one / "metrics.jsonl", lines=True).query("kind == 'train'")["loss"]
+    assert la.tolist() == pytest.approx(lb.tolist(), rel=1e-5)
