@@ -20,29 +20,6 @@ REQUIRED = ["model", "n_layers", "mean_alpha_pre", "mean_alpha_post", "good_laye
             "good_layers_post", "test_loss", "perplexity", "train_seconds"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny GPT-2 and a word-level tokenizer trained on real records, saved as a model dir."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    from lmlab.data import format_records, load_ir_triplets
-
-    texts = format_records(load_ir_triplets(IR)[:300])
-    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<eos>", "<unk>"]))
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>",
-                                               unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128,
-                                  vocab_size=tok.vocab_size, bos_token_id=0, eos_token_id=0,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # exact DDP
-    path = tmp_path_factory.mktemp("tiny") / "gpt2"
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def overrides(model: Path, **extra: object) -> list[str]:
     base = {"model": model, "data.path": IR, "data.n_samples": 40, "data.max_length": 64,
             "train.warmup_steps": 1, "train.lr": 1e-3, "spectral.track_every": 2, "device": "cpu"}

@@ -18,6 +18,7 @@ from lmlab.data.ir_triplets import (
     load_ir_triplets,
     sample_split,
 )
+from lmlab.data.lines import WIKITEXT2_SOURCE, text_file_lines, token_budget, wikitext2_lines
 from lmlab.data.lm import CausalLMCollator, tokenize_texts
 from lmlab.data.text_sources import STDLIB_DOCSTRINGS_SOURCE, stdlib_docstrings
 
@@ -26,6 +27,7 @@ __all__ = [
     "FIELDS",
     "IR_TRIPLETS_URL",
     "STDLIB_DOCSTRINGS_SOURCE",
+    "WIKITEXT2_SOURCE",
     "CausalLMCollator",
     "data_cache_dir",
     "download_once",
@@ -33,5 +35,8 @@ __all__ = [
     "load_ir_triplets",
     "sample_split",
     "stdlib_docstrings",
+    "text_file_lines",
+    "token_budget",
     "tokenize_texts",
+    "wikitext2_lines",
 ]

@@ -49,6 +49,11 @@ _STUDIES: tuple[StudyInfo, ...] = (
         "Fine-tune a causal LM; α per layer before, during and after, with perplexity",
         "spectral fine-tuning homework; IR-Triplets (InductiveSLM)",
     ),
+    StudyInfo(
+        "optimizers", "lmlab.studies.optimizers",
+        "AdamW vs SGD (or any torch optimiser) on the same fine-tune: loss, perplexity, time",
+        "optimizer/hooks mini-study; WikiText-2",
+    ),
 )
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -43,7 +43,7 @@ from lmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from lmlab.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from lmlab.train.lm import evaluate_lm, token_loss_sum
 
-__all__ = ["TrainConfig", "TrainResult", "train", "decay_groups"]
+__all__ = ["TrainConfig", "TrainResult", "train", "decay_groups", "build_optimizer"]
 
 Collate = Callable[[Sequence[Sequence[int]]], dict[str, torch.Tensor]]
 
@@ -62,6 +62,11 @@ class TrainConfig:
         max_steps: stop after this many steps (none: all epochs).
         checkpoint_every: also checkpoint every this many steps (none: at epoch ends only).
         seed: seeds the data order (and, by the caller, the model).
+        optimizer: ``adamw`` (default), ``sgd``, or any ``torch.optim`` class by name
+            (``Adam``, ``RMSprop``, ...), built with ``lr`` and the decay groups.
+        momentum: SGD's momentum (used only by ``sgd``).
+        schedule: ``linear`` (warm-up, then linear decay to 0) or ``constant`` (warm-up, then
+            the peak rate).
     """
 
     epochs: int = 1
@@ -73,9 +78,13 @@ class TrainConfig:
     max_steps: int | None = None
     checkpoint_every: int | None = None
     seed: int = 42
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    schedule: Literal["linear", "constant"] = "linear"
 
     def validate(self) -> None:
         """Reject impossible settings."""
+        _optimizer_class(self.optimizer)
         if self.epochs < 1 or self.batch_size < 1:
             raise LmlabError("train.epochs and train.batch_size must be at least 1")
         if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
@@ -114,10 +123,37 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
             {"params": rest, "weight_decay": 0.0}]
 
 
-def _schedule(step: int, warmup: int, total: int) -> float:
+def _schedule(step: int, warmup: int, total: int, kind: str = "linear") -> float:
     if warmup > 0 and step < warmup:
         return step / warmup
+    if kind == "constant":
+        return 1.0
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _optimizer_class(name: str) -> Any:
+    """``adamw``/``sgd`` or a ``torch.optim`` class name; an unknown name is a clear error."""
+    aliases = {"adamw": "AdamW", "sgd": "SGD", "adam": "Adam"}
+    cls = getattr(torch.optim, aliases.get(name.lower(), name), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        known = sorted(n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
+                       and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+                       and n != "Optimizer")
+        raise LmlabError(f"unknown optimizer '{name}'; use adamw, sgd or one of: "
+                         f"{', '.join(known)}")
+    return cls
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser named by ``cfg`` over :func:`decay_groups` (AdamW with β 0.9/0.999,
+    ε 1e-8; SGD with ``cfg.momentum``)."""
+    cls = _optimizer_class(cfg.optimizer)
+    groups = decay_groups(model, cfg.weight_decay)
+    if cls is torch.optim.AdamW:
+        return cls(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    if cls is torch.optim.SGD:
+        return cls(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return cls(groups, lr=cfg.lr)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -178,10 +214,9 @@ def train(
     steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(0.9, 0.999), eps=1e-8)
+    optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _schedule(s, cfg.warmup_steps, total))
+        optimizer, lambda s: _schedule(s, cfg.warmup_steps, total, cfg.schedule))
     result = TrainResult()
     step = 0
     if resume and checkpoint_dir is not None and latest_checkpoint(checkpoint_dir):

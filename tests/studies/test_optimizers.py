@@ -1,0 +1,64 @@
+"""The optimizers study on a tiny GPT-2: same start, AdamW beats SGD at the same small lr."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmlab.errors import LmlabError
+from lmlab.studies.optimizers import LinesData, _lines_used, load_lines_data
+from lmlab.studies.runner import build_config, run_study
+from tests.studies.conftest import IR
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    from lmlab.data import format_records, load_ir_triplets
+
+    lines = [t.replace("\n", " ") for t in format_records(load_ir_triplets(IR)[:200])]
+    path = tmp_path / "lines.txt"
+    path.write_text("\n\n".join(lines), encoding="utf-8")  # blank lines are skipped
+    return path
+
+
+def test_adamw_and_sgd_from_the_same_start(tiny_dir: Path, text_file: Path, tmp_path: Path):
+    sets = [f"model={tiny_dir}", "data.source=file", f"data.path={text_file}",
+            "data.budget=400", "train.epochs=3", "train.lr=0.001", "device=cpu"]
+    run = run_study("optimizers", preset="paper", overrides=sets, out=tmp_path)
+    summary = json.loads((run.path / "summary.json").read_text())
+    metrics = pd.read_json(run.path / "metrics.jsonl", lines=True)
+    train = metrics[metrics["kind"] == "train"]
+    first = train.groupby("optimizer")["loss"].first()
+    assert first["adamw"] == pytest.approx(first["sgd"], rel=1e-6)  # same model, data, order
+    assert summary["adamw"]["final_train_loss"] < summary["sgd"]["final_train_loss"]
+    evals = metrics[metrics["kind"] == "eval"]
+    assert evals.groupby("optimizer").size().tolist() == [3, 3]  # one per epoch
+    last = evals.groupby("optimizer").last()
+    for name in ("adamw", "sgd"):
+        assert summary[name]["val_perplexity"] == pytest.approx(math.exp(last.loc[name, "loss"]))
+        assert summary[name]["seconds"] > 0
+    html = (run.path / "report.html").read_text()
+    assert 'src="figures/train_loss.png"' in html and 'src="figures/val_perplexity.png"' in html
+
+
+def test_token_budget_protocol(tiny_dir: Path, text_file: Path) -> None:
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_dir)
+    train, val, name = load_lines_data(LinesData(source="file", path=str(text_file),
+                                                 max_tokens=20, budget=100), tok)
+    assert all(len(x) <= 20 for x in train + val)
+    assert sum(map(len, train)) >= 100 and sum(map(len, train[:-1])) < 100
+    lines = text_file.read_text().splitlines()
+    assert _lines_used(lines, train) == 2 * len(train) - 1  # blank separators counted
+    assert tok(lines[_lines_used(lines, train) + 1])["input_ids"][:20] == val[0]
+    assert "lines.txt" in name
+
+
+def test_unknown_optimizer_is_a_clear_error() -> None:
+    with pytest.raises(LmlabError, match="unknown optimizer 'adamx'"):
+        build_config("optimizers", "quick", ["optimizers=adamw,adamx"])
