@@ -54,6 +54,11 @@ _STUDIES: tuple[StudyInfo, ...] = (
         "AdamW vs SGD (or any torch optimiser) on the same fine-tune: loss, perplexity, time",
         "optimizer/hooks mini-study; WikiText-2",
     ),
+    StudyInfo(
+        "ablation", "lmlab.studies.ablation",
+        "Attention ablations (zero, uniform, mean, previous-token): trained and untrained",
+        "optimizer/hooks mini-study; WikiText-2",
+    ),
 )
 
 
