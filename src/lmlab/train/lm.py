@@ -32,9 +32,10 @@ __all__ = ["token_loss_sum", "evaluate_lm", "LMEval"]
 
 def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy of a batch and the number of scored tokens."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1, :]  # (B, T-1, V): position t predicts token t+1
-    labels = batch["labels"][:, 1:]  # (B, T-1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # position t predicts token t+1: shift the labels, not the (B, T, V) logits, which would
+    # copy the largest tensor of the step (and its gradient)
+    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)  # (B, T)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                            ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
