@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -309,6 +309,22 @@ class RunDir:
                 f"cannot append to {self.metrics_path} ({exc.strerror or exc}); "
                 "check that the run directory is writable and the disk is not full"
             ) from None
+
+    def metrics_sink(self, **tags: Any) -> Callable[[Mapping[str, Any]], None]:
+        """A callable that logs one row with ``tags`` added (e.g. ``optimizer="sgd"``).
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     run = RunDir.create(tmp, "demo")
+        ...     run.metrics_sink(variant="a")({"step": 1})
+        ...     run.read_metrics().to_dict("records")
+        [{'step': 1, 'variant': 'a'}]
+        """
+
+        def log(row: Mapping[str, Any]) -> None:
+            self.log_metrics({**row, **tags})
+
+        return log
 
     def read_metrics(self) -> pd.DataFrame:
         """All metric rows as a DataFrame (empty if none); torn or corrupt lines are skipped.

@@ -153,7 +153,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     for variant in ("baseline", *cfg.modes):
         seed_everything(cfg.seed)
         model, _ = load_causal_lm(cfg.model, device=device)
-        log = _tagged(run_dir, variant)
+        log = run_dir.metrics_sink(variant=variant)
         if variant == "baseline":
             res = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=val_ex,
                         device=device, log=log, progress=True)
@@ -170,13 +170,6 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     result = Result(pd.DataFrame(evals), pd.DataFrame(importance), summary)
     _report(cfg, result, run_dir)
     return result
-
-
-def _tagged(run_dir: RunDir, variant: str) -> Any:
-    def log(row: dict[str, Any]) -> None:
-        run_dir.log_metrics({**row, "variant": variant})
-
-    return log
 
 
 def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:

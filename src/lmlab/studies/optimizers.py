@@ -171,7 +171,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
             cfg.train, optimizer=name, seed=cfg.seed,
             weight_decay=cfg.train.weight_decay if name.lower() == "adamw" else 0.0)
         res = train(model, train_ex, collate=collate, cfg=tcfg, eval_examples=val_ex,
-                    device=device, progress=True, log=_tagged(run_dir, name))
+                    device=device, progress=True, log=run_dir.metrics_sink(optimizer=name))
         histories += [{**r, "optimizer": name} for r in res.history]
         evals += [{**e, "optimizer": name} for e in res.evals]
         summary[name] = {"final_train_loss": res.history[-1]["loss"],
@@ -183,15 +183,6 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     result = Result(pd.DataFrame(histories), pd.DataFrame(evals), summary)
     _report(cfg, result, run_dir)
     return result
-
-
-def _tagged(run_dir: RunDir, name: str) -> Any:
-    """A metrics sink that tags every row with the optimiser's name."""
-
-    def log(row: dict[str, Any]) -> None:
-        run_dir.log_metrics({**row, "optimizer": name})
-
-    return log
 
 
 def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:
