@@ -30,19 +30,9 @@ from __future__ import annotations
 import os
 import sys
 
+from _threads import pin_threads_from_argv
 
-def _preparse_threads(argv: list[str]) -> int:
-    for i, arg in enumerate(argv):
-        if arg == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-    return 2
-
-
-_THREADS = _preparse_threads(sys.argv[1:])
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(_THREADS)
+_THREADS = pin_threads_from_argv(default=2)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # --- the rest ------------------------------------------------------------------------------------

@@ -24,19 +24,9 @@ from __future__ import annotations
 import os
 import sys
 
+from _threads import pin_threads_from_argv
 
-def _preparse_threads(argv: list[str]) -> int:
-    for i, arg in enumerate(argv):
-        if arg == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-    return 1
-
-
-_THREADS = _preparse_threads(sys.argv[1:])
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = str(_THREADS)
+_THREADS = pin_threads_from_argv(default=1)
 
 # --- the rest ------------------------------------------------------------------------------------
 import argparse  # noqa: E402
