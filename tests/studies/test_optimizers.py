@@ -62,3 +62,12 @@ def test_token_budget_protocol(tiny_dir: Path, text_file: Path) -> None:
 def test_unknown_optimizer_is_a_clear_error() -> None:
     with pytest.raises(LmlabError, match="unknown optimizer 'adamx'"):
         build_config("optimizers", "quick", ["optimizers=adamw,adamx"])
+
+
+@pytest.mark.parametrize("sets", [["data.source=file", "data.path=/no/such.txt"],
+                                  ["data.source=file"]])
+def test_bad_data_fails_before_a_run_directory_exists(tiny_dir: Path, tmp_path: Path, sets):
+    with pytest.raises(LmlabError, match="data.path"):
+        run_study("optimizers", preset="paper", out=tmp_path,
+                  overrides=[f"model={tiny_dir}", *sets])
+    assert not (tmp_path / "optimizers").exists()

@@ -29,7 +29,7 @@ import pandas as pd
 
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir, write_report
-from lmlab.studies.optimizers import LinesData, load_lines_data
+from lmlab.studies.optimizers import LinesData, check_lines_data, load_lines_data
 from lmlab.train.loop import TrainConfig
 
 __all__ = ["Config", "Result", "check", "run", "SUMMARY_KEYS", "MODE_MEANING"]
@@ -102,11 +102,12 @@ class Result:
 
 
 def check(cfg: Config) -> None:
-    """Fail before any work when the model reference cannot be resolved."""
+    """Fail before any work when the model or the data cannot be used."""
     from lmlab.models.hf import resolve_weights
 
     if cfg.model != "smollm2-135m":
         resolve_weights(cfg.model)
+    check_lines_data(cfg.data)
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:

@@ -183,11 +183,15 @@ def _texts(cfg: DataConfig) -> tuple[list[str], list[str], str]:
 
 
 def check(cfg: Config) -> None:
-    """Fail before any work when the model reference cannot be resolved."""
+    """Fail before any work when the model reference or the data file cannot be used."""
+    from pathlib import Path
+
     from lmlab.models.hf import resolve_weights
 
     if cfg.model not in ("smollm2-135m",):  # that one is prepared on first use
         resolve_weights(cfg.model)
+    if cfg.data.path and not Path(cfg.data.path).expanduser().is_file():
+        raise LmlabError(f"no such data file: {cfg.data.path}; check data.path")
 
 
 def _stage_row(stage: str, df: pd.DataFrame, loss: float, ppl: float) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir, write_report
 from lmlab.train.loop import TrainConfig
 
-__all__ = ["Config", "LinesData", "Result", "check", "run", "SUMMARY_KEYS", "load_lines_data"]
+__all__ = ["Config", "LinesData", "Result", "check", "check_lines_data", "run", "SUMMARY_KEYS",
+           "load_lines_data"]
 
 SUMMARY_KEYS: dict[str, str] = {
     "model": "the model reference",
@@ -140,12 +141,27 @@ def _lines_used(lines: list[str], taken: list[list[int]]) -> int:
     return used
 
 
+def check_lines_data(cfg: LinesData) -> None:
+    """Fail before any work when the data source cannot be used."""
+    import importlib.util
+    from pathlib import Path
+
+    if cfg.source == "wikitext2" and importlib.util.find_spec("datasets") is None:
+        raise LmlabError("WikiText-2 needs the datasets library (pip install datasets) and the "
+                         "hub; offline, use --set data.source=stdlib-docstrings or "
+                         "--set data.source=file --set data.path=FILE")
+    if cfg.source == "file" and not (cfg.path and Path(cfg.path).expanduser().is_file()):
+        raise LmlabError(f"data.source=file needs an existing text file in data.path "
+                         f"(got {cfg.path!r})")
+
+
 def check(cfg: Config) -> None:
-    """Fail before any work when the model reference cannot be resolved."""
+    """Fail before any work when the model or the data cannot be used."""
     from lmlab.models.hf import resolve_weights
 
     if cfg.model != "smollm2-135m":
         resolve_weights(cfg.model)
+    check_lines_data(cfg.data)
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
