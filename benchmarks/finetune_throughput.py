@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import sys
 
-from _threads import pin_threads_from_argv
+from _common import blas_info, cpu_model, jsonable, md_table, pin_threads_from_argv, version
 
 _THREADS = pin_threads_from_argv(default=2)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,7 +41,6 @@ import contextlib  # noqa: E402
 import copy  # noqa: E402
 import datetime as _dt  # noqa: E402
 import gc  # noqa: E402
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -60,7 +59,6 @@ import torch  # noqa: E402
 torch.set_num_threads(_THREADS)
 
 import transformers  # noqa: E402
-from threadpoolctl import threadpool_info  # noqa: E402
 from transformers import (  # noqa: E402
     GPT2Config,
     GPT2LMHeadModel,
@@ -113,55 +111,11 @@ TOOL_LABELS = {
 # ----------------------------------------------------------------------------- helpers
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "n/a"
-
-
-def blas_info() -> list[dict[str, Any]]:
-    keys = ("user_api", "internal_api", "num_threads", "version", "filepath")
-    return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
-
-
 def loadavg() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items() if not str(k).startswith("_")}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return None if math.isnan(x) else ("inf" if math.isinf(x) else x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    def esc(cells: list[str]) -> str:
-        return " | ".join(c.replace("|", "\\|") for c in cells)
-
-    lines = ["| " + esc(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + esc(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -686,13 +640,13 @@ def main(argv: list[str] | None = None) -> int:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     meta: dict[str, Any] = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
         "mem_gb": mem_gb, "loadavg_start": loadavg(),
         "versions": {
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "transformers": transformers.__version__,
-            "accelerate": _version("accelerate"), "tokenizers": _version("tokenizers"),
-            "lmlab": _version("lmlab"),
+            "accelerate": version("accelerate"), "tokenizers": version("tokenizers"),
+            "lmlab": version("lmlab"),
         },
         "threads": args.threads, "torch_threads": torch.get_num_threads(), "blas": blas,
         "repeats": args.repeats, "warmup_steps": args.warmup_steps,
@@ -755,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(text)
     payload = {"meta": meta, "throughput": thr, "analysis": analysis, "tracking": tracking,
                "targets": checks}
-    out.with_suffix(".json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
     print(f"\nwrote {out} and {out.with_suffix('.json')}")
     return 0
 

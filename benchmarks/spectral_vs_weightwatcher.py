@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-from _threads import pin_threads_from_argv
+from _common import blas_info, cpu_model, jsonable, md_table, pin_threads_from_argv, version
 
 _THREADS = pin_threads_from_argv(default=1)
 
@@ -32,7 +32,6 @@ _THREADS = pin_threads_from_argv(default=1)
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime as _dt  # noqa: E402
-import importlib.metadata  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -54,7 +53,6 @@ torch.set_num_threads(_THREADS)
 
 import pandas as pd  # noqa: E402
 import scipy  # noqa: E402
-from threadpoolctl import threadpool_info  # noqa: E402
 
 # weightwatcher: silence its import chatter, then undo its global side effects (it ignores every
 # warning and sets the root logger to INFO).
@@ -86,18 +84,6 @@ STRING_COLUMNS = ("name", "layer_type", "longname", "status", "warning")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "n/a"
-
-
-def blas_info() -> list[dict[str, Any]]:
-    keys = ("user_api", "internal_api", "num_threads", "version", "filepath")
-    return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
 
 
 def build_model(name: str) -> torch.nn.Module:
@@ -391,15 +377,6 @@ def _fmt_e(x: float) -> str:
     return "0" if x == 0 else f"{x:.1e}"
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    def esc(cells: list[str]) -> str:
-        return " | ".join(c.replace("|", "\\|") for c in cells)
-
-    lines = ["| " + esc(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + esc(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def targets(results: list[dict[str, Any]], memory: dict[str, Any] | None) -> list[dict[str, Any]]:
     out = []
     for r in results:
@@ -508,29 +485,6 @@ def render(meta: dict[str, Any], results: list[dict[str, Any]], memory: dict[str
     return "\n".join(parts)
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items() if not str(k).startswith("_")}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return None if math.isnan(x) else ("inf" if math.isinf(x) else x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
@@ -551,16 +505,16 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
             "scipy": scipy.__version__,
-            "weightwatcher": _version("weightwatcher"),
+            "weightwatcher": version("weightwatcher"),
             "transformers": transformers.__version__,
-            "lmlab": _version("lmlab"),
+            "lmlab": version("lmlab"),
         },
         "threads": args.threads,
         "torch_threads": torch.get_num_threads(),
@@ -595,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     payload = {"meta": meta, "models": results, "memory": memory, "targets": checks}
-    out.with_suffix(".json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
     print(f"\nwrote {out} and {out.with_suffix('.json')}")
     return 0
 
