@@ -85,7 +85,7 @@ from lmlab.data import (  # noqa: E402
 from lmlab.models.hf import load_causal_lm  # noqa: E402
 from lmlab.spectral import SpectralTracker, analyze  # noqa: E402
 from lmlab.train import TrainConfig, train  # noqa: E402
-from lmlab.train.callbacks import Callback  # noqa: E402
+from lmlab.train.callbacks import Callback, Timed  # noqa: E402
 
 ALL_MODELS = ("tiny", "smollm2")
 SMOLLM2 = "smollm2-135m"
@@ -234,30 +234,6 @@ class TrainerClock(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.stamps.append(time.perf_counter())
         self.cpu.append(time.process_time())
-
-
-class TimedTracker(Callback):
-    """Forwards callbacks to a tracker and measures the time each call takes."""
-
-    def __init__(self, tracker: Any) -> None:
-        self.tracker, self.seconds, self.calls = tracker, 0.0, []
-
-    def _timed(self, name: str, state: Any) -> None:
-        start = time.perf_counter()
-        getattr(self.tracker, name)(state)
-        dt = time.perf_counter() - start
-        self.seconds += dt
-        if dt > 1e-3:
-            self.calls.append({"hook": name, "step": int(state.step), "seconds": dt})
-
-    def on_train_begin(self, state: Any) -> None:  # noqa: D102
-        self._timed("on_train_begin", state)
-
-    def on_step_end(self, state: Any) -> None:  # noqa: D102
-        self._timed("on_step_end", state)
-
-    def on_train_end(self, state: Any) -> None:  # noqa: D102
-        self._timed("on_train_end", state)
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -432,7 +408,7 @@ def bench_tracking(base: torch.nn.Module, pool: list[list[int]], collate: Any, s
     n = steps * BATCH
     model = copy.deepcopy(base)
     tracker = SpectralTracker(every=every, at_begin=False, at_end=False, precision="float64")
-    timed = TimedTracker(tracker)
+    timed = Timed(tracker)
     cfg = TrainConfig(epochs=1, batch_size=BATCH, lr=LR, weight_decay=WEIGHT_DECAY,
                       warmup_steps=warmup, max_grad_norm=MAX_GRAD_NORM, max_steps=steps, seed=SEED)
     quiet = wait_quiet(max_wait)

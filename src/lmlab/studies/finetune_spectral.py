@@ -21,7 +21,6 @@ Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +28,7 @@ import pandas as pd
 
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir, write_report
-from lmlab.train.callbacks import Callback
+from lmlab.train.callbacks import Timed
 from lmlab.train.loop import TrainConfig
 
 __all__ = ["Config", "DataConfig", "SpectralConfig", "Result", "check", "run", "SUMMARY_KEYS"]
@@ -226,7 +225,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
                               sink=run_dir if ctx.is_main else None,
                               precision=cfg.spectral.precision)
     pre = tracker.record(0, model) if ctx.is_main else pd.DataFrame()
-    timed = _TimedTracker(tracker)
+    timed = Timed(tracker)
     result = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=test_ex,
                    callbacks=[timed], checkpoint_dir=run_dir.checkpoints_dir, device=device,
                    log=run_dir.log_metrics if ctx.is_main else None, ctx=ctx, progress=True)
@@ -242,27 +241,6 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     out = Result(pre, post, tracker.frame(), result.history, result.evals, summary)
     _report(cfg, out, run_dir, pre_eval)
     return out
-
-
-class _TimedTracker(Callback):
-    """Forwards callbacks to a tracker and measures the time they take."""
-
-    def __init__(self, tracker: Any) -> None:
-        self.tracker, self.seconds = tracker, 0.0
-
-    def _timed(self, name: str, state: Any) -> None:
-        start = time.perf_counter()
-        getattr(self.tracker, name)(state)
-        self.seconds += time.perf_counter() - start
-
-    def on_train_begin(self, state: Any) -> None:  # noqa: D102
-        self._timed("on_train_begin", state)
-
-    def on_step_end(self, state: Any) -> None:  # noqa: D102
-        self._timed("on_step_end", state)
-
-    def on_train_end(self, state: Any) -> None:  # noqa: D102
-        self._timed("on_train_end", state)
 
 
 def _summary(cfg: Config, pre: pd.DataFrame, post: pd.DataFrame, pre_eval: Any,

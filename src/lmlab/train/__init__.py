@@ -5,10 +5,10 @@
 (3, 20)
 """
 
-from lmlab.train.callbacks import Callback, TrainState
+from lmlab.train.callbacks import Callback, Timed, TrainState
 from lmlab.train.distributed import DistContext, setup
 from lmlab.train.lm import LMEval, evaluate_lm, token_loss_sum
 from lmlab.train.loop import TrainConfig, TrainResult, train
 
-__all__ = ["Callback", "TrainState", "TrainConfig", "TrainResult", "train", "evaluate_lm",
+__all__ = ["Callback", "TrainState", "Timed", "TrainConfig", "TrainResult", "train", "evaluate_lm",
            "LMEval", "token_loss_sum", "DistContext", "setup"]
