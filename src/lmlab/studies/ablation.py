@@ -103,10 +103,9 @@ class Result:
 
 def check(cfg: Config) -> None:
     """Fail before any work when the model or the data cannot be used."""
-    from lmlab.models.hf import resolve_weights
+    from lmlab.models.hf import check_model
 
-    if cfg.model != "smollm2-135m":
-        resolve_weights(cfg.model)
+    check_model(cfg.model)
     check_lines_data(cfg.data)
 
 

@@ -185,10 +185,9 @@ def check(cfg: Config) -> None:
     """Fail before any work when the model reference or the data file cannot be used."""
     from pathlib import Path
 
-    from lmlab.models.hf import resolve_weights
+    from lmlab.models.hf import check_model
 
-    if cfg.model not in ("smollm2-135m",):  # that one is prepared on first use
-        resolve_weights(cfg.model)
+    check_model(cfg.model)
     if cfg.data.path and not Path(cfg.data.path).expanduser().is_file():
         raise LmlabError(f"no such data file: {cfg.data.path}; check data.path")
 

@@ -124,9 +124,9 @@ def _pick_esd_layers(df: pd.DataFrame, wanted: tuple[str, ...]) -> list[int]:
 
 def check(cfg: Config) -> None:
     """Fail fast, before a run directory is made, when the model cannot be found."""
-    from lmlab.models.hf import resolve_weights
+    from lmlab.models.hf import check_model
 
-    resolve_weights(cfg.model)
+    check_model(cfg.model)
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
