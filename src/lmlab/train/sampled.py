@@ -1,0 +1,200 @@
+"""The step loop of small models trained on randomly drawn minibatches (the makemore recipe):
+every step draws ``batch_size`` rows with replacement, one SGD or AdamW step, a step-decayed
+learning rate, every loss kept, a NaN guard, a progress bar.
+
+Two routes share the loop: :func:`train_ensemble` drives a model with a fused ``step(X, Y, lr)``
+(:class:`lmlab.models.char_mlp.CharMLPEnsemble`, several members per step), and
+:func:`train_module` any ``nn.Module`` by autograd. Minibatches come from ``generator`` with one
+``torch.randint`` per step, the lecture's stream, so a run is reproducible from its seed.
+
+>>> import torch
+>>> from lmlab.models.char_mlp import CharMLPEnsemble, MLPShape, MLPVariant
+>>> ens = CharMLPEnsemble(MLPShape(vocab_size=5, n_hidden=8), [MLPVariant("a")])
+>>> X = torch.randint(0, 5, (100, 3)); Y = X[:, 0]   # learnable: predict the first char
+>>> res = train_ensemble(ens, X, Y, StepConfig(steps=300, lr=0.5, lr_decay_step=None))
+>>> res.losses.shape, bool(res.losses[0, -50:].mean() < res.losses[0, :50].mean())
+(torch.Size([1, 300]), True)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from lmlab.errors import LmlabError
+
+__all__ = ["FusedModel", "StepConfig", "StepResult", "train_ensemble", "train_module"]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The recipe of a step loop.
+
+    Attributes:
+        steps: optimisation steps.
+        batch_size: rows per minibatch, drawn with replacement.
+        lr: learning rate until ``lr_decay_step``.
+        lr_decay_step: from this step on the rate is ``lr_decayed`` (none: constant ``lr``).
+        lr_decayed: the rate after the decay step.
+        optimizer: ``sgd`` (plain, no momentum) or ``adamw``.
+        weight_decay: AdamW's decoupled decay.
+        betas: AdamW's betas.
+        diag_every: record diagnostics (activations, gradient and update-to-data ratios) every
+            this many steps (0: never).
+        check_every: check the loss for NaN/Inf every this many steps.
+    """
+
+    steps: int = 200_000
+    batch_size: int = 32
+    lr: float = 0.1
+    lr_decay_step: int | None = 100_000
+    lr_decayed: float = 0.01
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    diag_every: int = 1000
+    check_every: int = 500
+
+    def validate(self) -> None:
+        """Positive sizes and rates, a known optimiser."""
+        if self.steps < 1 or self.batch_size < 2:
+            raise LmlabError(f"steps must be ≥ 1 and batch_size ≥ 2 (BatchNorm needs two rows); "
+                             f"got steps={self.steps}, batch_size={self.batch_size}")
+        if not (self.lr > 0 and self.lr_decayed > 0):
+            raise LmlabError(f"learning rates must be positive (lr={self.lr}, "
+                             f"lr_decayed={self.lr_decayed})")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise LmlabError(f"optimizer must be sgd or adamw (got {self.optimizer!r})")
+        if self.check_every < 1 or self.diag_every < 0:
+            raise LmlabError("check_every must be ≥ 1 and diag_every ≥ 0")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step`` (0-based)."""
+        if self.lr_decay_step is not None and step >= self.lr_decay_step:
+            return self.lr_decayed
+        return self.lr
+
+
+@dataclass
+class StepResult:
+    """What a step loop produced.
+
+    Attributes:
+        losses: (members, steps) training loss of every step (float32, on the CPU).
+        diagnostics: tidy rows recorded every ``diag_every`` steps.
+        seconds: wall time of the loop.
+        steps_per_second: steps of the whole model (all members) per second.
+    """
+
+    losses: Tensor
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    steps_per_second: float = 0.0
+
+
+class FusedModel(Protocol):
+    """A model that trains itself one minibatch at a time."""
+
+    @property
+    def names(self) -> list[str]: ...  # noqa: D102
+
+    def step(self, X: Tensor, Y: Tensor, lr: float) -> Tensor: ...  # noqa: D102
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", mininterval=1.0, disable=not enabled,
+                leave=False)
+
+
+def _check_finite(losses: Tensor, start: int, stop: int, names: list[str], cfg: StepConfig
+                  ) -> None:
+    chunk = losses[:, start:stop]
+    if bool(torch.isfinite(chunk).all()):
+        return
+    member, offset = (~torch.isfinite(chunk)).nonzero()[0].tolist()
+    raise LmlabError(f"training loss of {names[member]} became {float(chunk[member, offset])} at "
+                     f"step {start + offset}; lower the learning rate (lr={cfg.lr_at(start)}) "
+                     "or check the data")
+
+
+def _loop(step_fn: Callable[[Tensor, Tensor, float], Tensor], names: list[str], X: Tensor,
+          Y: Tensor, cfg: StepConfig, generator: torch.Generator,
+          diag_fn: Callable[[int, float], list[dict[str, Any]]] | None, progress: bool,
+          desc: str) -> StepResult:
+    cfg.validate()
+    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+        raise LmlabError(f"inputs and targets must be non-empty and equally long "
+                         f"(got {X.shape[0]} and {Y.shape[0]})")
+    losses = torch.empty((len(names), cfg.steps), dtype=torch.float32, device=X.device)
+    diagnostics: list[dict[str, Any]] = []
+    n, checked = X.shape[0], 0
+    bar = _progress(cfg.steps, desc, progress)
+    start = time.perf_counter()
+    try:
+        for i in range(cfg.steps):
+            ix = torch.randint(0, n, (cfg.batch_size,), generator=generator).to(X.device)
+            lr = cfg.lr_at(i)
+            losses[:, i] = step_fn(X[ix], Y[ix], lr)
+            if diag_fn is not None and cfg.diag_every and (i % cfg.diag_every == 0
+                                                             or i == cfg.steps - 1):
+                diagnostics += diag_fn(i, lr)
+            if (i + 1) % cfg.check_every == 0 or i == cfg.steps - 1:
+                _check_finite(losses, checked, i + 1, names, cfg)
+                bar.update(i + 1 - checked)
+                checked = i + 1
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    return StepResult(losses.cpu(), diagnostics, seconds, cfg.steps / max(seconds, 1e-9))
+
+
+def train_ensemble(model: FusedModel, X: Tensor, Y: Tensor, cfg: StepConfig, *,
+                   generator: torch.Generator | None = None,
+                   diag_fn: Callable[[int, float], list[dict[str, Any]]] | None = None,
+                   progress: bool = False, desc: str = "train") -> StepResult:
+    """Train a fused model (all its members at once) for ``cfg.steps`` steps of SGD.
+
+    ``generator`` draws the minibatches (default: the model's ``batch_generator`` if it has
+    one, else a generator seeded with 0); ``diag_fn(step, lr)`` returns rows to record.
+    """
+    if cfg.optimizer != "sgd":
+        raise LmlabError("the fused MLP ensemble trains with plain SGD; set optimizer=sgd")
+    gen = generator or getattr(model, "batch_generator", None) or torch.Generator().manual_seed(0)
+    return _loop(model.step, model.names, X, Y, cfg, gen, diag_fn, progress, desc)
+
+
+def train_module(model: torch.nn.Module, X: Tensor, Y: Tensor, cfg: StepConfig, *,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 generator: torch.Generator | None = None, name: str = "model",
+                 progress: bool = False) -> StepResult:
+    """Train an ``nn.Module`` by autograd with SGD or AdamW (``loss_fn(logits, Y)``, default
+    cross-entropy); the model is left in training mode."""
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=1e-8,
+                                weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr)
+    model.train()
+
+    def step(xb: Tensor, yb: Tensor, lr: float) -> Tensor:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    gen = generator or torch.Generator().manual_seed(0)
+    return _loop(step, [name], X, Y, cfg, gen, None, progress, name)
+
