@@ -214,6 +214,11 @@ class CharMLPEnsemble:
                                        dtype=dtype).view(K, 1, 1)
         self.any_direct = any(v.direct for v in variants)
         self._bn = torch.tensor([v.batchnorm for v in variants], device=device).view(K, 1, 1)
+        self._bnf = self._bn.to(dtype)  # 1: BatchNorm, 0: plain (a blend is cheaper than where)
+        flags = [v.batchnorm for v in variants]
+        tail = flags.index(False) if False in flags else None
+        # the members without BatchNorm form the tail: slices instead of blends
+        self._plain_tail = tail if tail is not None and not any(flags[tail:]) else None
         self.any_plain = not all(v.batchnorm for v in variants)
         self.grads: dict[str, Tensor] = {}
         self.last_h: Tensor | None = None
@@ -246,8 +251,11 @@ class CharMLPEnsemble:
         istd = var.add_(BN_EPS).rsqrt_()
         xhat = diff.mul_(istd)                                          # (K, B, H)
         hbn = torch.addcmul(p["beta"], p["gain"], xhat)
-        if self.any_plain:                                              # members without BN
-            hbn = torch.where(self._bn, hbn, hpre + p["b1"])
+        k0 = self._plain_tail
+        if k0 is not None:                              # members without BN, the last ones
+            torch.add(hpre[k0:], p["b1"][k0:], out=hbn[k0:])
+        elif self.any_plain:                            # members without BN, anywhere
+            hbn = torch.lerp(hpre + p["b1"], hbn, self._bnf)
         h = _tanh_(hbn)                                                 # (K, B, H)
         logits = torch.baddbmm(p["b2"], h, p["W2"])                     # (K, B, V)
         if self.any_direct:
@@ -263,15 +271,21 @@ class CharMLPEnsemble:
              "b2": dlogits.sum(1, keepdim=True)}
         dh = torch.bmm(dlogits, p["W2"].transpose(1, 2))                # (K, B, H)
         dhbn = dh.mul_(1.0 - h * h)                                     # through tanh
-        dplain = dhbn.clone() if self.any_plain else dhbn
+        dplain = (dhbn[k0:] if k0 is not None else dhbn).clone() if self.any_plain else dhbn
         g["gain"] = (dhbn * xhat).sum(1, keepdim=True)
         g["beta"] = dhbn.sum(1, keepdim=True)
         # through BatchNorm (unbiased variance):
         # dhpre = gain·istd·(dhbn − mean(dhbn) − xhat·Σ(dhbn·xhat)/(B−1))
         dhpre = torch.addcmul(dhbn.sub_(g["beta"] / B), xhat, g["gain"], value=-1.0 / (B - 1))
         dhpre.mul_(p["gain"] * istd)
-        if self.any_plain:
-            dhpre = torch.where(self._bn, dhpre, dplain)
+        if k0 is not None:
+            dhpre[k0:] = dplain
+            g["b1"] = torch.zeros_like(p["b1"])
+            g["b1"][k0:] = dplain.sum(1, keepdim=True)
+            g["gain"][k0:] = 0.0
+            g["beta"][k0:] = 0.0
+        elif self.any_plain:
+            dhpre = torch.lerp(dplain, dhpre, self._bnf)
             g["b1"] = dplain.sum(1, keepdim=True).mul_(~self._bn)
             g["gain"].mul_(self._bn)
             g["beta"].mul_(self._bn)
