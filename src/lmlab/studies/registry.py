@@ -59,6 +59,11 @@ _STUDIES: tuple[StudyInfo, ...] = (
         "Attention ablations (zero, uniform, mean, previous-token): trained and untrained",
         "optimizer/hooks mini-study; WikiText-2",
     ),
+    StudyInfo(
+        "charlm", "lmlab.studies.charlm",
+        "Character-level names models: MLP, BatchNorm, init, folding, WaveNet, transformer",
+        "makemore exercise sheet (Bengio et al. 2003); SSA names",
+    ),
 )
 
 
