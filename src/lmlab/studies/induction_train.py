@@ -1,0 +1,483 @@
+"""Training side of the `induction` study: one resumable run ("setting") in the authors' layout.
+
+After Song, Xu, Zhong, "Out-of-distribution generalization via composition: a lens through
+induction heads in Transformers" (PNAS 122, 2025; arXiv 2408.09503) and the protocol of their
+synthetic experiments: the 2-layer rotary attention-only transformer
+(:mod:`lmlab.models.rotary_tf`) learns the copying task (:mod:`lmlab.data.copying`) from a fresh
+batch of 50 sequences per step (segments from a pattern pool if one is set), AdamW on all
+parameters, the ``ConstantLR`` default quirk (lr / 3 for the first 5 steps), next-token
+cross-entropy at every position, dropout on in training and off in evaluation.
+
+Files in ``out_dir`` (names and keys as the authors', so their notebook code reads them):
+
+* ``config.json``: the authors' config keys where meaningful, plus lmlab's own settings;
+* ``ckpt_0.pt`` (initial weights) and ``ckpt_{k}.pt`` every ``save_every`` steps (state dicts),
+  ``ckpt.pt`` = the final weights;
+* ``err_arr.json``: a list of ``{"epoch", "loss_train", "err_train", "loss_test", "err_test",
+  "loss_ood", "err_ood"}``. ``epoch = k − 1`` belongs to the weights after k steps (those of
+  ``ckpt_k.pt``). Every ``eval_every`` steps an entry on a fixed cheap subset (the first
+  ``eval_cheap`` ID and OOD test sequences); at every checkpoint step, instead, an entry on the
+  full test sets marked ``"full": true`` with the floor-free errors ``err_test_nofloor``,
+  ``err_ood_nofloor``. The initial weights get a full entry with ``epoch = −1`` (and
+  ``loss_train = err_train = null``: there is no training batch yet). The authors evaluated
+  the full sets after every step, which costs ~5 s per step on a CPU;
+* ``test.pth`` / ``test_ood.pth``: ``[tokens, lens, starts]`` int64 tensors;
+* ``train_state.pt``: optimiser, scheduler, random states and step at the last checkpoint. A
+  second call on the same ``out_dir`` resumes from there and ends with the same weights as an
+  uninterrupted run; a finished run is not trained again.
+
+Seeds: ``seed`` seeds the model initialisation and dropout (torch) and, through independent
+NumPy streams, the pattern pool, the ID test set, the OOD test set and the training batches.
+
+>>> import tempfile
+>>> s = TrainSetting("tiny", pool_size=None, steps=4, save_every=2, eval_every=1,
+...                  eval_cheap=10, eval_full=20)
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     summary = train_setting(s, tmp)
+...     sorted(p.name for p in Path(tmp).glob("ckpt*"))
+['ckpt.pt', 'ckpt_0.pt', 'ckpt_2.pt', 'ckpt_4.pt']
+>>> summary["steps_done"], 0.5 < summary["err_ood"] <= 1.0
+(4, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from lmlab.data.copying import CopyTask, copy_mask, error_rate, make_pool, sample_batch
+from lmlab.errors import LmlabError
+from lmlab.models.rotary_tf import RotaryConfig, TFModel, load_state
+from lmlab.runs.io import atomic_write_bytes, atomic_write_json
+from lmlab.runtime import limit_threads
+
+__all__ = ["ERR_KEYS", "PAPER_SETTINGS", "TrainSetting", "run_config", "train_setting"]
+
+ERR_KEYS: tuple[str, ...] = (
+    "epoch", "loss_train", "err_train", "loss_test", "err_test", "loss_ood", "err_ood",
+)
+"""The keys of every ``err_arr.json`` entry (full entries add ``full`` and ``*_nofloor``)."""
+
+_STATE = "train_state.pt"
+_EVAL_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class TrainSetting:
+    """One training run.
+
+    Attributes:
+        name: The setting's name (the authors' ``out_dir`` leaf, e.g. ``infinite_pool_size``).
+        pool_size: Pattern-pool size, None for infinite; overrides ``task.pool_size``.
+        steps: Optimiser steps (the authors' ``num_epoch``).
+        batch_size: Fresh sequences per step.
+        lr, betas, eps, weight_decay: AdamW on all parameters.
+        save_every: Steps between checkpoints (and full evaluations); must divide ``steps``.
+        eval_every: Steps between cheap evaluations.
+        eval_cheap: ID and OOD sequences of the cheap evaluation (a prefix of the test sets).
+        eval_full: ID and OOD test sequences.
+        seed: Seeds everything (the authors' 2026).
+        num_layers: Transformer blocks (1 for the control run).
+        mlp: Add the MLP sub-block (off in the paper's runs).
+        task: The copying task.
+        constant_lr_quirk: lr / 3 for the first 5 steps, as ``ConstantLR(opt)`` with its
+            default arguments does in the authors' code; False for a constant lr.
+
+    >>> TrainSetting("small_pool_size", pool_size=100).resolved_task.pool_size
+    100
+    """
+
+    name: str
+    pool_size: int | None
+    steps: int = 20_000
+    batch_size: int = 50
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 5e-4
+    save_every: int = 200
+    eval_every: int = 20
+    eval_cheap: int = 200
+    eval_full: int = 5000
+    seed: int = 2026
+    num_layers: int = 2
+    mlp: bool = False
+    task: CopyTask = CopyTask()
+    constant_lr_quirk: bool = True
+
+    @property
+    def resolved_task(self) -> CopyTask:
+        """The task with this setting's pool size."""
+        return dataclasses.replace(self.task, pool_size=self.pool_size)
+
+    def model_config(self) -> RotaryConfig:
+        """The architecture: the paper's, with this task's V and T and the setting's depth."""
+        return RotaryConfig(vocab_size=self.task.vocab_size, max_seq_len=self.task.seq_len,
+                            num_layers=self.num_layers, mlp=self.mlp)
+
+    def validate(self) -> None:
+        """Raise LmlabError naming the field that is out of range."""
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise LmlabError(f"setting.name must be a non-empty string (got {self.name!r})")
+        for field in ("steps", "batch_size", "save_every", "eval_every", "eval_cheap",
+                      "eval_full", "num_layers"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LmlabError(f"setting.{field} must be a positive integer (got {value!r})")
+        if self.steps % self.save_every:
+            raise LmlabError(f"setting.save_every={self.save_every} must divide "
+                             f"steps={self.steps} (the last checkpoint is the final weights)")
+        if self.eval_cheap > self.eval_full:
+            raise LmlabError(f"setting.eval_cheap={self.eval_cheap} must not exceed "
+                             f"eval_full={self.eval_full} (the cheap set is a prefix)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LmlabError(f"setting.lr must be positive (got {self.lr})")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise LmlabError(f"setting.betas must be two numbers in [0, 1) (got {self.betas})")
+        if not self.eps > 0:
+            raise LmlabError(f"setting.eps must be positive (got {self.eps})")
+        if not self.weight_decay >= 0:
+            raise LmlabError(f"setting.weight_decay must be >= 0 (got {self.weight_decay})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise LmlabError(f"setting.seed must be a non-negative integer (got {self.seed!r})")
+        self.resolved_task.validate()
+        self.model_config().validate()
+
+
+PAPER_SETTINGS: tuple[TrainSetting, ...] = (
+    TrainSetting("infinite_pool_size", pool_size=None),
+    TrainSetting("small_pool_size", pool_size=100),
+    TrainSetting("large_pool_size", pool_size=1000),
+    TrainSetting("boundary_pool_size_740", pool_size=740),
+    TrainSetting("boundary_pool_size_750", pool_size=750),
+    TrainSetting("one_layer_infinite_pool_size", pool_size=None, num_layers=1),
+)
+"""The runs of the authors' ``run.sh`` (block ``out_phase_progress_long``) and the 1-layer
+control; 20,000 steps each, checkpoints every 200 (``n_save = 100``)."""
+
+
+def run_config(setting: TrainSetting, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a run: the authors' keys where meaningful, then lmlab's.
+
+    Unused authors' keys (``sample_size, sig, fancy_opt, use_wd, wandb_log``) and plotting
+    ones are left out.
+
+    >>> cfg = run_config(TrainSetting("x", pool_size=100), "runs/x")
+    >>> cfg["pool_size"], cfg["num_epoch"], cfg["n_save"], cfg["rotary_theta"]
+    (100, 20000, 100, 10000.0)
+    """
+    task, model = setting.resolved_task, setting.model_config()
+    return {
+        "seed": setting.seed,
+        "vocab_size": model.vocab_size,
+        "d_model": model.d_model,
+        "ff_dim": model.ff_dim,
+        "num_heads": model.num_heads,
+        "num_layers": model.num_layers,
+        "linear_attn": False,
+        "residual": True,
+        "mlp": model.mlp,
+        "dropout": model.dropout,
+        "norm": True,
+        "output_norm": False,
+        "pos": "rotary",
+        "rotary_theta": model.rotary_theta,
+        "max_seq_len": model.max_seq_len,
+        "sample_size_test": setting.eval_full,
+        "regime": "varied repetition",
+        "distr": task.distr,
+        "rep_l": task.rep_l,
+        "rep_h": task.rep_h,
+        "ood_len_pattern": task.ood_len,
+        "pool_size": task.pool_size,
+        "device": "cpu",
+        "schedule": "constant" if setting.constant_lr_quirk else "none",
+        "fresh_sample": True,
+        "label_smoothing": 0.0,
+        "lr": setting.lr,
+        "wd": setting.weight_decay,
+        "batch_size": setting.batch_size,
+        "num_epoch": setting.steps,
+        "n_save": setting.steps // setting.save_every,
+        "up_to_first_save": False,
+        "ignore_segment": 1,
+        "ignore_burning": 4,
+        "out_dir": os.fspath(out_dir),
+        # lmlab's own settings
+        "name": setting.name,
+        "seq_len": task.seq_len,
+        "betas": list(setting.betas),
+        "eps": setting.eps,
+        "save_every": setting.save_every,
+        "eval_every": setting.eval_every,
+        "eval_cheap": setting.eval_cheap,
+        "eval_full": setting.eval_full,
+        "constant_lr_quirk": setting.constant_lr_quirk,
+    }
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class _EvalSet:
+    """A fixed test set as tensors, with both masks."""
+
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> None:
+        T = tokens.shape[1]
+        self.tokens_np = tokens
+        self.tokens = torch.from_numpy(tokens)
+        self.mask = copy_mask(starts, lens, T)
+        self.mask_nofloor = copy_mask(starts, lens, T, floor_free=True)
+
+    def head(self, n: int) -> _EvalSet:
+        out = _EvalSet.__new__(_EvalSet)
+        out.tokens_np, out.tokens = self.tokens_np[:n], self.tokens[:n]
+        out.mask, out.mask_nofloor = self.mask[:n], self.mask_nofloor[:n]
+        return out
+
+
+@torch.no_grad()
+def _evaluate(model: TFModel, data: _EvalSet) -> tuple[float, float, float]:
+    """(mean next-token CE at every position, error, floor-free error), in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, preds = 0.0, []
+    for i in range(0, len(data.tokens), _EVAL_CHUNK):
+        x = data.tokens[i : i + _EVAL_CHUNK]
+        logits = model(x)[:, :-1]  # (b, T-1, V)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                 reduction="sum").item()
+        preds.append(logits.argmax(-1).numpy())
+    model.train(was_training)
+    pred = np.concatenate(preds)
+    loss = total / pred.size
+    return (loss, error_rate(pred, data.tokens_np, data.mask),
+            error_rate(pred, data.tokens_np, data.mask_nofloor))
+
+
+def _entry(epoch: int, model: TFModel, train: _EvalSet | None, test: _EvalSet, ood: _EvalSet,
+           full: bool) -> dict[str, Any]:
+    loss_train = err_train = None
+    if train is not None:
+        loss_train, err_train, _ = _evaluate(model, train)
+    loss_test, err_test, err_test_nf = _evaluate(model, test)
+    loss_ood, err_ood, err_ood_nf = _evaluate(model, ood)
+    entry: dict[str, Any] = {
+        "epoch": epoch, "loss_train": loss_train, "err_train": err_train,
+        "loss_test": loss_test, "err_test": err_test, "loss_ood": loss_ood, "err_ood": err_ood,
+    }
+    if full:
+        entry.update(full=True, err_test_nofloor=err_test_nf, err_ood_nofloor=err_ood_nf)
+    return entry
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted((set(old) | set(new)) - {"out_dir"})
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - zip/pickle errors of many kinds
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LmlabError(f"cannot read {path}: {first}; delete it to start the run over") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise LmlabError(f"{path} is not an lmlab training state; delete it to start over")
+    return state
+
+
+def train_setting(
+    setting: TrainSetting,
+    out_dir: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train one setting into ``out_dir``, resuming from its last checkpoint if there is one.
+
+    Runs with one torch/BLAS thread (restored afterwards): on this 2-core machine more threads
+    make the small matrices several times slower; run settings in parallel instead. Seeds (and
+    so changes) torch's global random state, which dropout draws from.
+
+    Args:
+        setting: What to train.
+        out_dir: The run directory (created if missing).
+        progress: Show a tqdm bar with the rate, ETA and the latest errors.
+        stop_after: Stop once this many steps are done in total (to split a run; the next call
+            resumes from the last checkpoint at or before it).
+
+    Returns:
+        A summary: ``name, out_dir, steps, start_step, steps_done, finished``, the last full
+        evaluation (``epoch, loss_test, err_test, err_ood, err_test_nofloor,
+        err_ood_nofloor``), ``seconds`` (wall, this call), ``seconds_eval``,
+        ``steps_per_s`` (including evaluation) and ``train_steps_per_s`` (without).
+
+    Raises:
+        LmlabError: On an invalid setting, a ``train_state.pt`` of a different setting in
+            ``out_dir``, an unreadable state, or a non-finite loss (naming the step).
+    """
+    setting.validate()
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(
+            stop_after, int) or stop_after < 0):
+        raise LmlabError(f"stop_after must be a non-negative integer (got {stop_after!r})")
+    out = Path(out_dir)
+    with limit_threads(1):
+        return _train(setting, out, progress=progress, stop_after=stop_after)
+
+
+def _train(setting: TrainSetting, out: Path, *, progress: bool,
+           stop_after: int | None) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    task = setting.resolved_task
+    config = run_config(setting, out)
+    pool_ss, test_ss, ood_ss, train_ss = np.random.SeedSequence(setting.seed).spawn(4)
+    pool = make_pool(task, np.random.default_rng(pool_ss)) if task.pool_size else None
+    test_np = sample_batch(task, setting.eval_full, np.random.default_rng(test_ss), pool=pool)
+    ood_np = sample_batch(task, setting.eval_full, np.random.default_rng(ood_ss), ood=True)
+    test, ood = _EvalSet(*test_np), _EvalSet(*ood_np)
+    test_cheap, ood_cheap = test.head(setting.eval_cheap), ood.head(setting.eval_cheap)
+
+    torch.manual_seed(setting.seed)
+    model = TFModel(setting.model_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=setting.lr, betas=setting.betas,
+                            eps=setting.eps, weight_decay=setting.weight_decay)
+    # ConstantLR(opt) with default arguments: factor 1/3 for the first 5 steps.
+    sched = (torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0 / 3.0, total_iters=5)
+             if setting.constant_lr_quirk else None)
+    train_rng = np.random.default_rng(train_ss)
+
+    state_path = out / _STATE
+    err_arr: list[dict[str, Any]]
+    if state_path.is_file():
+        state = _load_state(state_path)
+        diff = _differences(state.get("config", {}), config)
+        if diff:
+            raise LmlabError(f"{out} holds a run of another setting ({'; '.join(diff[:4])}); "
+                             "choose another out_dir or delete it")
+        start = int(state["step"])
+        try:
+            weights = torch.load(out / f"ckpt_{start}.pt", map_location="cpu", weights_only=True)
+            saved_arr = json.loads((out / "err_arr.json").read_text())
+        except Exception as exc:  # noqa: BLE001 - missing file, zip or JSON errors
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LmlabError(f"cannot resume {out} at step {start}: {first}; delete "
+                             f"{_STATE} to start the run over") from None
+        load_state(model, weights)
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        train_rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        err_arr = [e for e in saved_arr if e["epoch"] < start]
+    else:
+        start = 0
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config)
+        for name, (tokens, starts, lens) in (("test.pth", test_np), ("test_ood.pth", ood_np)):
+            atomic_write_bytes(out / name, _torch_bytes(
+                [torch.from_numpy(tokens), torch.from_numpy(lens), torch.from_numpy(starts)]))
+        err_arr = [_entry(-1, model, None, test, ood, full=True)]
+
+    def checkpoint(step: int) -> None:
+        atomic_write_bytes(out / f"ckpt_{step}.pt", _torch_bytes(model.state_dict()))
+        atomic_write_json(out / "err_arr.json", err_arr)
+        atomic_write_bytes(state_path, _torch_bytes({  # written last: the commit marker
+            "step": step,
+            "config": config,
+            "optimizer": opt.state_dict(),
+            "scheduler": None if sched is None else sched.state_dict(),
+            "numpy_rng": train_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }))
+
+    if start == 0:
+        checkpoint(0)
+    end = setting.steps if stop_after is None else min(setting.steps, max(stop_after, start))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=setting.steps, initial=start, desc=setting.name, unit="step",
+                   mininterval=1.0)
+    t_eval = 0.0
+    V = task.vocab_size
+    t_loop = time.perf_counter()
+    model.train()
+    try:
+        for step in range(start + 1, end + 1):  # step = number of updates after this one
+            tokens, starts, lens = sample_batch(task, setting.batch_size, train_rng, pool=pool)
+            x = torch.from_numpy(tokens)  # (B, T)
+            logits = model(x)  # (B, T, V)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), x[:, 1:].reshape(-1))
+            if not torch.isfinite(loss):
+                raise LmlabError(f"the training loss is {loss.item()} at step {step} of "
+                                 f"setting {setting.name}; lower lr or check the setting")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            full = step % setting.save_every == 0
+            if full or step % setting.eval_every == 0:
+                t0 = time.perf_counter()
+                batch = _EvalSet(tokens, starts, lens)
+                if full:
+                    err_arr.append(_entry(step - 1, model, batch, test, ood, full=True))
+                    checkpoint(step)
+                else:
+                    err_arr.append(_entry(step - 1, model, batch, test_cheap, ood_cheap,
+                                          full=False))
+                t_eval += time.perf_counter() - t0
+                if bar is not None:
+                    last = err_arr[-1]
+                    bar.set_postfix(err_test=f"{last['err_test']:.3f}",
+                                    err_ood=f"{last['err_ood']:.3f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    t_loop = time.perf_counter() - t_loop
+    if end > start and end % setting.save_every:
+        atomic_write_json(out / "err_arr.json", err_arr)  # beyond the last checkpoint
+    finished = end == setting.steps
+    if finished:
+        atomic_write_bytes(out / "ckpt.pt", _torch_bytes(model.state_dict()))
+
+    seconds = time.perf_counter() - t_start
+    n = end - start
+    last_full = next(e for e in reversed(err_arr) if e.get("full"))
+    return {
+        "name": setting.name,
+        "out_dir": os.fspath(out),
+        "steps": setting.steps,
+        "start_step": start,
+        "steps_done": end,
+        "finished": finished,
+        "epoch": last_full["epoch"],
+        "loss_test": last_full["loss_test"],
+        "err_test": last_full["err_test"],
+        "err_ood": last_full["err_ood"],
+        "err_test_nofloor": last_full["err_test_nofloor"],
+        "err_ood_nofloor": last_full["err_ood_nofloor"],
+        "seconds": seconds,
+        "seconds_eval": t_eval,
+        "steps_per_s": n / seconds if n else float("nan"),
+        "train_steps_per_s": n / (t_loop - t_eval) if n else float("nan"),
+    }
