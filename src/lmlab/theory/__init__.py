@@ -1,0 +1,26 @@
+"""Asymptotic theory (saddle-point solvers) for the solvable models of the studies.
+
+:mod:`lmlab.theory.attention` — the tied rank-1 dot-product attention model of Cui, Behrens,
+Krzakala and Zdeborová (2024): semantic and positional branches, the transition α_c, the dense
+linear baseline and the crossover α_l.
+
+>>> from lmlab.theory import TheoryParams, linear_baseline
+>>> round(linear_baseline(TheoryParams(omega=0.0))[0], 5)
+0.00402
+"""
+
+from __future__ import annotations
+
+from .attention import (
+    BRANCHES,
+    FixedPoint,
+    TheoryParams,
+    alpha_c,
+    alpha_l,
+    linear_baseline,
+    solve_branch,
+    solve_curve,
+)
+
+__all__ = ["BRANCHES", "TheoryParams", "FixedPoint", "solve_branch", "solve_curve", "alpha_c",
+           "linear_baseline", "alpha_l"]
