@@ -64,6 +64,11 @@ _STUDIES: tuple[StudyInfo, ...] = (
         "Character-level names models: MLP, BatchNorm, init, folding, WaveNet, transformer",
         "makemore exercise sheet (Bengio et al. 2003); SSA names",
     ),
+    StudyInfo(
+        "attention-phase", "lmlab.studies.attention_phase",
+        "Positional vs semantic attention: the phase transition in α = n/d, simulation + theory",
+        "Cui, Behrens, Krzakala, Zdeborová, NeurIPS 2024",
+    ),
 )
 
 
