@@ -69,6 +69,11 @@ _STUDIES: tuple[StudyInfo, ...] = (
         "Positional vs semantic attention: the phase transition in α = n/d, simulation + theory",
         "Cui, Behrens, Krzakala, Zdeborová, NeurIPS 2024",
     ),
+    StudyInfo(
+        "induction", "lmlab.studies.induction",
+        "Induction heads: copying, pattern diversity, OOD generalisation and QK–OV composition",
+        "Song, Xu, Zhong, PNAS 2025",
+    ),
 )
 
 

@@ -1,0 +1,57 @@
+"""The induction study end to end on two tiny settings, and its input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmlab.cli import main
+from lmlab.studies.runner import run_study
+
+TINY = ["pools=0,20", "steps=40", "save_every=20", "eval_every=10", "eval_cheap=20",
+        "eval_full=50", "sweep.backend=inprocess"]
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return run_study("induction", preset="quick", overrides=TINY, out=out).path
+
+
+def test_settings_trained_measured_and_reported(run_path: Path) -> None:
+    s = json.loads((run_path / "summary.json").read_text())
+    assert set(s["settings"]) == {"infinite_pool_size", "pool_size_20"}
+    for info in s["settings"].values():
+        assert info["checkpoints"] == 3                      # steps 0, 20, 40
+        assert 0.5 < info["final_err_id"] <= 1 and 0.5 < info["final_err_ood"] <= 1
+        assert info["transition_step"] is None               # 40 steps: still on the plateau
+        assert 0 <= info["match_r5_at_end"] <= 1
+    assert s["baseline_r5"] == pytest.approx(0.45, abs=0.02)
+    assert s["conventions"] == {"R": "rotary R(rel_dist=+1)", "argmax_axis": "row",
+                                "layernorm": "ignore"}
+    measures = pd.read_csv(run_path / "measures.csv")
+    assert sorted(measures["step"].unique()) == [0, 20, 40]
+    ckpts = sorted(p.name for p in (run_path / "settings" / "pool_size_20").glob("ckpt_*.pt"))
+    assert ckpts == ["ckpt_0.pt", "ckpt_20.pt", "ckpt_40.pt"]
+    md = (run_path / "report.md").read_text()
+    for fig in ("setting_infinite_pool_size", "setting_pool_size_20", "overlay", "pool_sweep"):
+        png = run_path / "figures" / f"{fig}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{fig}.png" in md
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["pools=0,0"], "duplicates"), (["pools=-5"], "non-negative"),
+    (["argmax_axis=diag"], "argmax_axis"), (["ranks_plotted=40"], "1..32"),
+])
+def test_bad_input_exits_2_in_one_line(sets: list[str], message: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "induction", "--out", str(tmp_path / "runs")]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
