@@ -45,6 +45,7 @@ def test_settings_trained_measured_and_reported(run_path: Path) -> None:
 @pytest.mark.parametrize("sets, message", [
     (["pools=0,0"], "duplicates"), (["pools=-5"], "non-negative"),
     (["argmax_axis=diag"], "argmax_axis"), (["ranks_plotted=40"], "1..32"),
+    (["steps=3500"], "must divide steps=3500"),
 ])
 def test_bad_input_exits_2_in_one_line(sets: list[str], message: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ checkpoint. Measurements run over all checkpoints of a run at once (:mod:`lmlab.
 
 Commands::
 
-    lmlab run induction --preset quick       # infinite pool vs pool 100, 3,500 steps (minutes)
+    lmlab run induction --preset quick       # infinite pool vs pool 100, 3,600 steps (minutes)
     lmlab run induction --preset paper       # the five settings, 20,000 steps each
     lmlab run induction --set pools=0,100,400,1000 --set steps=20000
 
@@ -104,8 +104,8 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        """Infinite pool vs pool 100, 3,500 steps, full test sets of 1,000."""
-        return cls(pools=(0, 100), steps=3500, eval_every=50, eval_full=1000)
+        """Infinite pool vs pool 100, 3,600 steps, full test sets of 1,000."""
+        return cls(pools=(0, 100), steps=3600, eval_every=50, eval_full=1000)
 
     def validate(self) -> None:
         """Raise LmlabError naming the field out of range."""
@@ -116,6 +116,9 @@ class Config:
             raise LmlabError(f"pools has duplicates: {self.pools}")
         if self.steps < 1 or self.save_every < 1 or self.eval_every < 1:
             raise LmlabError("steps, save_every and eval_every must be ≥ 1")
+        if self.steps % self.save_every:
+            raise LmlabError(f"save_every={self.save_every} must divide steps={self.steps} "
+                             "(the last checkpoint holds the final weights)")
         if self.eval_full < 1 or self.eval_cheap < 1:
             raise LmlabError("eval_full and eval_cheap must be ≥ 1")
         if self.num_layers < 1:
