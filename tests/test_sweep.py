@@ -175,7 +175,8 @@ def test_failed_cell_in_a_process_pool_lets_submitted_cells_finish(tmp_path: Pat
     cfg = SweepConfig(backend="process", workers=1)
     with pytest.raises(LmlabError, match=f"cell {cell_key(cells[3])} .*ValueError"):
         run_sweep(probe, cells, cfg, store=store, progress=False)
-    assert stored_keys(store) == [cell_key(cells[x]) for x in (0, 1, 2, 4)]
+    # cells finishing together are stored in the order the pool reports them: compare sets
+    assert sorted(stored_keys(store)) == sorted(cell_key(cells[x]) for x in (0, 1, 2, 4))
 
 
 def test_record_mode_gives_failed_cells_an_error_row_and_does_not_store_them(
