@@ -235,3 +235,14 @@ def test_bad_config_names_the_field(changes: dict[str, object], field: str) -> N
     with pytest.raises(LmlabError, match=field):
         run_sweep(probe, CELLS, cfg, progress=False)
 
+
+
+def test_check_available_names_the_missing_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real(name, *a))
+    SweepConfig(backend="process").check_available()  # nothing to import
+    with pytest.raises(LmlabError, match=r"pip install 'ray\[default\]'"):
+        SweepConfig(backend="ray").check_available()

@@ -176,11 +176,8 @@ class Result:
 
 
 def check(cfg: Config) -> None:
-    """Fail before any work: the ray backend needs ray."""
-    import importlib.util
-
-    if cfg.sweep.backend == "ray" and importlib.util.find_spec("ray") is None:
-        raise LmlabError("the ray backend needs ray: pip install 'ray[default]'")
+    """Fail before any work when the sweep backend cannot run (ray not installed)."""
+    cfg.sweep.check_available()
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:

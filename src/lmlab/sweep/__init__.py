@@ -99,6 +99,13 @@ class SweepConfig:
                 f"got {self.threads_per_worker!r}"
             )
 
+    def check_available(self) -> None:
+        """Raise LmlabError before any work when the chosen backend cannot be imported."""
+        import importlib.util
+
+        if self.backend == "ray" and importlib.util.find_spec("ray") is None:
+            raise LmlabError(RAY_HINT)
+
 
 # --- cell keys --------------------------------------------------------------------------------
 
