@@ -28,7 +28,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/lmlab run spectral --preset quick
+	$(BIN)/lmlab run all --preset quick
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

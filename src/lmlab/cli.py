@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("action", choices=["list"], help="what to do")
 
     r = sub.add_parser("run", help="run a study into a new run directory")
-    r.add_argument("study", help="study name (see 'lmlab study list')")
+    r.add_argument("study", help="study name (see 'lmlab study list'), or 'all' for every "
+                                 "study and one index page")
     r.add_argument("--preset", default="quick", help="quick (default) or paper")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_n=none (repeatable)")
@@ -84,11 +85,29 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run_all(args: argparse.Namespace) -> int:
+    from lmlab.errors import LmlabError
+    from lmlab.studies.lab import run_all
+
+    if args.overrides or args.name:
+        raise LmlabError("--set and --name apply to one study; run that study on its own to "
+                         "change its settings")
+    lab, entries = run_all(args.preset, args.out, args.device)
+    failed = [e.study for e in entries if e.run_dir is None]
+    print(lab / "index.html")
+    if failed:
+        raise LmlabError(f"{len(failed)} of {len(entries)} studies did not finish "
+                         f"({', '.join(failed)}); their errors are in {lab / 'index.html'}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from lmlab.studies.runner import run_study
 
+    if args.study == "all":
+        return _cmd_run_all(args)
     run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
                         device=args.device, name=args.name)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports

@@ -1,0 +1,78 @@
+"""The lab: run every registered study (each in its own run directory) and write one index
+page over them, ``<out>/lab-<time>/index.html``.
+
+The index is rewritten after every study, so an interrupted lab still has a page for what
+finished. A study that fails is recorded with its one-line error and the others go on.
+
+Command::
+
+    lmlab run all --preset quick      # what `make demo` runs
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from lmlab.errors import LmlabError
+from lmlab.runs.lab_index import LabEntry, write_index
+from lmlab.studies.registry import study_table
+
+__all__ = ["lab_dir_for", "run_all"]
+
+
+def lab_dir_for(out: str | Path) -> Path:
+    """A new ``lab-<YYYYmmdd-HHMMSS>`` directory under ``out`` (a suffix keeps it unique)."""
+    root = Path(out).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, k = root / f"lab-{stamp}", 1
+    while path.exists():
+        k += 1
+        path = root / f"lab-{stamp}-{k}"
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise LmlabError(f"cannot create {path}: {e.strerror or e}; choose another --out") from None
+    return path
+
+
+def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None = None, *,
+            studies: Sequence[str] | None = None,
+            overrides: Mapping[str, Sequence[str]] | None = None) -> tuple[Path, list[LabEntry]]:
+    """Run ``studies`` (default: every registered one) and write the index after each.
+
+    Returns the lab directory and one entry per study (its run directory or its error).
+    """
+    from lmlab.studies.runner import run_study
+
+    table = study_table()
+    names = list(studies) if studies is not None else [s.name for s in table]
+    infos = {s.name: s for s in table}
+    unknown = [n for n in names if n not in infos]
+    if unknown:
+        raise LmlabError(f"unknown studies {', '.join(unknown)}; see lmlab study list")
+    lab = lab_dir_for(out)
+    entries: list[LabEntry] = []
+    for i, name in enumerate(names, 1):
+        info = infos[name]
+        print(f"[{i}/{len(names)}] {name}: {info.description}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            run = run_study(name, preset=preset, overrides=list((overrides or {}).get(name, ())),
+                            out=lab, device=device)
+            entry = LabEntry(name, info.description, info.source, run.path, None,
+                             time.perf_counter() - start)
+        except LmlabError as e:
+            entry = LabEntry(name, info.description, info.source, None, str(e),
+                             time.perf_counter() - start)
+            print(f"lmlab: {name} did not finish: {e}", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            entries.append(LabEntry(name, info.description, info.source, None, "interrupted",
+                                    time.perf_counter() - start))
+            write_index(lab, entries)
+            raise
+        entries.append(entry)
+        write_index(lab, entries)
+    return lab, entries
