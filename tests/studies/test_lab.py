@@ -72,7 +72,8 @@ def test_every_image_and_link_of_the_index_resolves(lab: tuple[Path, list]) -> N
         assert png.read_bytes()[:4] == b"\x89PNG", src
     assert len(parser.links) == 2
     for href in parser.links:
-        assert (lab_dir / unquote(href)).name == "report.html" and (lab_dir / unquote(href)).is_file()
+        target = lab_dir / unquote(href)
+        assert target.name == "report.html" and target.is_file()
 
 
 def test_run_all_refuses_set_and_reports_failures_with_exit_2(

@@ -45,8 +45,11 @@ def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None 
 
     Returns the lab directory and one entry per study (its run directory or its error).
     """
+    from lmlab.studies.registry import PRESETS
     from lmlab.studies.runner import run_study
 
+    if preset not in PRESETS:
+        raise LmlabError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     table = study_table()
     names = list(studies) if studies is not None else [s.name for s in table]
     infos = {s.name: s for s in table}

@@ -1,0 +1,74 @@
+"""The bad-input sweep: every study and command fed malformed input answers with one line
+``lmlab: error: ...`` and exit code 2, never a traceback, and creates no run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmlab.cli import main
+from lmlab.studies import study_names
+
+# a numeric field of each study's config, to feed a wrong type
+NUMERIC = {"spectral": "max_n", "finetune-spectral": "train.lr", "optimizers": "train.lr",
+           "ablation": "train.lr", "charlm": "samples", "attention-phase": "n_test",
+           "induction": "steps"}
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmlab: error: "), err
+    return lines[0]
+
+
+def test_every_study_has_a_numeric_field_listed() -> None:
+    assert set(NUMERIC) == set(study_names())
+
+
+@pytest.mark.parametrize("study", sorted(NUMERIC))
+@pytest.mark.parametrize("case", ["unknown-key", "wrong-type", "no-value", "bad-preset",
+                                  "section"])
+def test_every_study_rejects_malformed_settings(study: str, case: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", study, "--out", str(tmp_path / "runs")]
+    field = NUMERIC[study]
+    extra, expect = {
+        "unknown-key": (["--set", "no_such_field=1"], "no_such_field"),
+        "wrong-type": (["--set", f"{field}=lots"], field),
+        "no-value": (["--set", field], "key=value"),
+        "bad-preset": (["--preset", "huge"], "unknown preset"),
+        "section": (["--set", f"{field.split('.')[0]}.x.y=1"], field.split(".")[0]),
+    }[case]
+    line = run(argv + extra, capsys)
+    assert expect in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["run", "all", "--preset", "huge"], "unknown preset"),
+    (["run", "all", "--set", "seed=1"], "apply to one study"),
+    (["run", "charlm", "--set", "data.path={tmp}/missing.txt"], "not found"),
+    (["run", "charlm", "--set", "data.path={tmp}/empty.txt"], "no words"),
+    (["run", "spectral", "--set", "model={tmp}/corrupt.safetensors"], "corrupt.safetensors"),
+    (["spectral", "{tmp}/empty_dir"], "empty_dir"),
+    (["report", "{tmp}/empty_dir"], "empty_dir"),
+    (["report", "{tmp}/corrupt_run"], "report.json"),
+])
+def test_commands_reject_bad_paths_and_files(argv: list[str], expect: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "empty_dir").mkdir()
+    run_dir = tmp_path / "corrupt_run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "report.json").write_text("{ torn")
+    filled = [a.format(tmp=tmp_path) for a in argv]
+    if filled[0] in ("run", "spectral"):
+        filled += ["--out", str(tmp_path / "runs")]
+    line = run(filled, capsys)
+    assert expect in line
