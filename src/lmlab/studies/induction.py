@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,11 @@ from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir, write_report
 from lmlab.sweep import SweepConfig
 
-__all__ = ["Config", "Result", "SUMMARY_KEYS", "TrainCell", "check", "run", "setting_name",
-           "train_cell"]
+if TYPE_CHECKING:  # pragma: no cover
+    from lmlab.studies.induction_train import TrainSetting
+
+__all__ = ["Config", "Result", "SUMMARY_KEYS", "TrainCell", "cells_of", "check", "run",
+           "setting_name", "train_cell"]
 
 SUMMARY_KEYS: dict[str, str] = {
     "settings.<name>.transition_step": "first checkpoint with OOD error < 0.5 (null: never)",
@@ -139,31 +142,40 @@ class Config:
 
 @dataclass(frozen=True)
 class TrainCell:
-    """One setting to train: everything ``train_setting`` needs, and where."""
+    """One setting to train, and the folder its run goes to."""
 
-    name: str
-    pool: int
+    setting: TrainSetting
     out_dir: str
-    steps: int
-    save_every: int
-    eval_every: int
-    eval_cheap: int
-    eval_full: int
-    num_layers: int
-    seed: int
+
+    @property
+    def name(self) -> str:
+        """The setting's name (its folder's name)."""
+        return self.setting.name
+
+    @property
+    def pool(self) -> int:
+        """The pool size (0: infinite)."""
+        return self.setting.pool_size or 0
 
 
 def train_cell(cell: TrainCell) -> dict[str, Any]:
     """Train (or resume) one setting; return its summary row."""
-    from lmlab.studies.induction_train import TrainSetting, train_setting
+    from lmlab.studies.induction_train import train_setting
 
-    setting = TrainSetting(name=cell.name, pool_size=cell.pool or None, steps=cell.steps,
-                           save_every=cell.save_every, eval_every=cell.eval_every,
-                           eval_cheap=cell.eval_cheap, eval_full=cell.eval_full,
-                           num_layers=cell.num_layers, seed=cell.seed)
-    out = train_setting(setting, cell.out_dir)
+    out = train_setting(cell.setting, cell.out_dir)
     return {"setting": cell.name, "pool": cell.pool, **{k: v for k, v in out.items()
                                                        if isinstance(v, (int, float, str))}}
+
+
+def cells_of(cfg: Config, root: Path) -> list[TrainCell]:
+    """One cell per pool size, each running into ``root/<setting name>``."""
+    from lmlab.studies.induction_train import TrainSetting
+
+    return [TrainCell(TrainSetting(name=setting_name(p), pool_size=p or None, steps=cfg.steps,
+                                   save_every=cfg.save_every, eval_every=cfg.eval_every,
+                                   eval_cheap=cfg.eval_cheap, eval_full=cfg.eval_full,
+                                   num_layers=cfg.num_layers, seed=cfg.seed),
+                      str(root / setting_name(p))) for p in cfg.pools]
 
 
 @dataclass(frozen=True)
@@ -186,9 +198,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.sweep import run_sweep
 
     root = Path(cfg.runs_dir) if cfg.runs_dir else run_dir.path / "settings"
-    cells = [TrainCell(setting_name(p), p, str(root / setting_name(p)), cfg.steps,
-                       cfg.save_every, cfg.eval_every, cfg.eval_cheap, cfg.eval_full,
-                       cfg.num_layers, cfg.seed) for p in cfg.pools]
+    cells = cells_of(cfg, root)
     training = run_sweep(train_cell, cells, cfg.sweep, store=root / "sweep",
                          desc="induction settings")
     run_dir.save_table("training.csv", training.drop(columns=["cell"], errors="ignore"))
