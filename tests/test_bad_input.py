@@ -57,6 +57,11 @@ def test_every_study_rejects_malformed_settings(study: str, case: str, tmp_path:
     (["spectral", "{tmp}/empty_dir"], "empty_dir"),
     (["report", "{tmp}/empty_dir"], "empty_dir"),
     (["report", "{tmp}/corrupt_run"], "report.json"),
+    (["run", "charlm", "--resume", "{tmp}/no_such_run"], "no run directory"),
+    (["run", "charlm", "--resume", "{tmp}/empty_dir"], "not a run directory"),
+    (["run", "charlm", "--resume", "{tmp}/torn_run"], "config.json"),
+    (["run", "all", "--resume", "{tmp}/no_such_lab"], "no lab directory"),
+    (["run", "spectral", "--out", "{tmp}/empty.txt"], "is a file"),
 ])
 def test_commands_reject_bad_paths_and_files(argv: list[str], expect: str, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,8 +72,10 @@ def test_commands_reject_bad_paths_and_files(argv: list[str], expect: str, tmp_p
     run_dir.mkdir()
     (run_dir / "config.json").write_text("{}")
     (run_dir / "report.json").write_text("{ torn")
+    (tmp_path / "torn_run").mkdir()
+    (tmp_path / "torn_run" / "config.json").write_text('{"seed": ')
     filled = [a.format(tmp=tmp_path) for a in argv]
-    if filled[0] in ("run", "spectral"):
+    if filled[0] in ("run", "spectral") and "--out" not in filled:
         filled += ["--out", str(tmp_path / "runs")]
     line = run(filled, capsys)
     assert expect in line

@@ -2,6 +2,7 @@
 
     lmlab study list
     lmlab run <study> [--preset quick|paper] [--set key=value ...] [--out DIR] [--device D]
+                      [--resume [RUN_DIR]]
     lmlab spectral <model-or-path> [--out DIR] [--format csv|json|parquet] [...]
     lmlab report <run-dir>
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
     r.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     r.add_argument("--name", default=None, help="label of the run directory (default: preset)")
+    r.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the newest interrupted run of this command under --out (or "
+                        "RUN_DIR) from its last checkpoint, with the same --preset and --set")
 
     s = sub.add_parser("spectral", help="analyse the weight spectra of a model or checkpoint")
     s.add_argument("model", help="offline model name (all-minilm-l6-v2), model directory, "
@@ -92,7 +96,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     if args.overrides or args.name:
         raise LmlabError("--set and --name apply to one study; run that study on its own to "
                          "change its settings")
-    lab, entries = run_all(args.preset, args.out, args.device)
+    lab, entries = run_all(args.preset, args.out, args.device, resume=args.resume)
     failed = [e.study for e in entries if e.run_dir is None]
     print(lab / "index.html")
     if failed:
@@ -109,7 +113,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.study == "all":
         return _cmd_run_all(args)
     run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
-                        device=args.device, name=args.name)
+                        device=args.device, name=args.name, resume=args.resume)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports
         return 0
     _print_summary(run_dir)
@@ -185,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lmlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("lmlab: interrupted; the run directory keeps what was written so far",
-              file=sys.stderr)
+        print("lmlab: interrupted; the run directory keeps what was written so far "
+              "(run the same command with --resume to continue)", file=sys.stderr)
         return 130
 
 

@@ -245,7 +245,8 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> Pa
         )
     finally:
         pyplot = sys.modules.get("matplotlib.pyplot")
-        if pyplot is not None:  # only pyplot keeps figures alive; others are freed normally
+        manager = getattr(getattr(fig, "canvas", None), "manager", None)
+        if pyplot is not None and manager is not None:  # only pyplot's figures stay alive
             pyplot.close(fig)
 
 

@@ -181,6 +181,14 @@ class RunDir:
             )
         return cls(run_path)
 
+    def check_writable(self) -> None:
+        """Check that the run directory can be written and its disk has 50 MB free.
+
+        Raises:
+            LmlabError: naming the directory and what to do.
+        """
+        _check_root(self._path)
+
     def __repr__(self) -> str:
         return f"RunDir({str(self._path)!r})"
 
@@ -401,3 +409,49 @@ class RunDir:
         if path.suffix.lower() not in (".png", ".pdf", ".svg"):
             path = path.with_name(path.name + ".png")
         return save_figure(fig, path)
+
+    def rewind_metrics(self, step: int, **tags: Any) -> int:
+        """Drop the metric rows logged after ``step`` (by rows carrying ``tags``), atomically.
+
+        A run resumed from a checkpoint at ``step`` logs the later steps again; the rows an
+        interrupted run wrote past its last checkpoint go first, so no step appears twice.
+        Rows without a ``step`` and rows whose tags differ are kept.
+
+        Args:
+            step: The step of the checkpoint the run continues from (0: from the start).
+            **tags: Only rows with these values (e.g. ``optimizer="sgd"``) are considered.
+
+        Returns:
+            The number of rows dropped.
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     run = RunDir.create(tmp, "demo")
+        ...     run.log_metrics([{"step": s, "opt": o} for o in "ab" for s in (1, 2, 3)])
+        ...     run.rewind_metrics(1, opt="a"), len(run.read_metrics())
+        (2, 4)
+        """
+        from lmlab.runs.io import atomic_write_bytes
+
+        try:
+            lines = self.metrics_path.read_bytes().split(b"\n")
+        except FileNotFoundError:
+            return 0
+        kept, dropped = [], 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                dropped += 1  # a torn line from the crash
+                continue
+            late = (isinstance(row, dict) and isinstance(row.get("step"), int | float)
+                    and row["step"] > step and all(row.get(k) == v for k, v in tags.items()))
+            if late:
+                dropped += 1
+            else:
+                kept.append(line + b"\n")
+        if dropped:
+            atomic_write_bytes(self.metrics_path, b"".join(kept))
+        return dropped

@@ -84,6 +84,30 @@ class SpectralTracker(Callback):
             self._sink(rows)
         return df
 
+    def restore(self, rows: pd.DataFrame) -> int:
+        """Take back rows recorded before an interruption (e.g. the run's metrics).
+
+        Rows of ``kind == "spectral"`` are kept as if recorded here, and their steps are not
+        analysed (nor sent to the sink) again, so a resumed run ends with the same table as
+        an uninterrupted one.
+
+        Args:
+            rows: A table with at least ``kind`` and ``step`` columns; other kinds are ignored.
+
+        Returns:
+            The number of steps restored.
+        """
+        if rows.empty or "kind" not in rows or "step" not in rows:
+            return 0
+        mine = rows[rows["kind"] == "spectral"]
+        cols = ["kind", "step", *TRACKED_COLUMNS]
+        for rec in mine.reindex(columns=cols).to_dict("records"):
+            rec["step"] = int(rec["step"])
+            self._rows.append(_plain(rec))
+        steps = {int(s) for s in mine["step"]}
+        self._done |= steps
+        return len(steps)
+
     def on_train_begin(self, state: TrainState) -> None:  # noqa: D102
         if self.at_begin:
             self.record(state.step, state.model)

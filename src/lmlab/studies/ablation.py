@@ -22,6 +22,7 @@ Commands::
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,10 @@ MODE_MEANING: dict[str, str] = {
     "mean": "attention output replaced by its mean over a reference batch",
     "previous-token": "each position attends only to the previous token",
 }
+# ``lmlab run ... --resume`` continues an interrupted run: each variant's training checkpoints
+# every epoch (``train.checkpoint_every``).
+RESUMES = True
+
 SUMMARY_KEYS: dict[str, str] = {
     "baseline_perplexity": "validation perplexity of the baseline after training",
     "<mode>.perplexity": "validation perplexity after training with that ablation",
@@ -64,6 +69,9 @@ class Config:
         epochs=5, batch_size=4, lr=1e-4, warmup_steps=0, schedule="constant",
         max_grad_norm=1.0))
     device: str = "auto"
+    # Training checkpoints (weights + optimiser state, several hundred MB each) let an
+    # interrupted run resume with --resume; they are deleted once the study has finished.
+    keep_checkpoints: bool = False
     seed: int = 42
 
     @classmethod
@@ -116,6 +124,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.models.hf import load_causal_lm
     from lmlab.runtime import resolve_device, seed_everything
     from lmlab.train import evaluate_lm, train
+    from lmlab.train.checkpoint import checkpoint_step
 
     device = resolve_device(cfg.device)
     model, tokenizer = load_causal_lm(cfg.model, device=device)
@@ -154,19 +163,26 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
         seed_everything(cfg.seed)
         model, _ = load_causal_lm(cfg.model, device=device)
         log = run_dir.metrics_sink(variant=variant)
+        ckpt = run_dir.checkpoints_dir / variant
+        run_dir.rewind_metrics(checkpoint_step(ckpt), variant=variant)  # a resumed run
+        resume: dict[str, Any] = {"checkpoint_dir": ckpt, "resume": True}
         if variant == "baseline":
             res = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=val_ex,
-                        device=device, log=log, progress=True)
+                        device=device, log=log, progress=True, **resume)
             summary["baseline_perplexity"] = res.evals[-1]["perplexity"]
         else:
             with ablate(model, variant, reference=reference if variant == "mean" else None,
                         **targets):
                 res = train(model, train_ex, collate=collate, cfg=cfg.train,
-                            eval_examples=val_ex, device=device, log=log, progress=True)
+                            eval_examples=val_ex, device=device, log=log, progress=True,
+                            **resume)
             summary[variant]["perplexity"] = res.evals[-1]["perplexity"]
         evals += [{**e, "variant": variant} for e in res.evals]
         del model
     run_dir.save_summary(summary)
+    if not cfg.keep_checkpoints:  # only there to resume an interrupted run
+        shutil.rmtree(run_dir.checkpoints_dir, ignore_errors=True)
+        run_dir.checkpoints_dir.mkdir(exist_ok=True)
     result = Result(pd.DataFrame(evals), pd.DataFrame(importance), summary)
     _report(cfg, result, run_dir)
     return result

@@ -43,6 +43,10 @@ from lmlab.sweep import SweepConfig
 __all__ = ["Cell", "Config", "Grid", "Result", "SUMMARY_KEYS", "TheoryConfig", "check",
            "crossing", "run", "simulate_cell"]
 
+# ``lmlab run ... --resume`` continues an interrupted run: every finished sweep cell is stored in
+# ``<run>/cells``.
+RESUMES = True
+
 SUMMARY_KEYS: dict[str, str] = {
     "alpha_c_theory": "α where ε_t^sem = ε_t^pos in the theory, at ω = fig2_omega",
     "alpha_c_sim, alpha_c_sim_se": "the same crossing of the mean simulated Δε_t, and the "

@@ -66,6 +66,9 @@ DESCRIPTIONS: dict[str, str] = {
     "transformer": "causal transformer over whole words (makemore)",
 }
 
+# No checkpoints: ``lmlab run ... --resume`` starts this study again in its run directory.
+RESUMES = False
+
 SUMMARY_KEYS: dict[str, str] = {
     "train_loss, dev_loss, test_loss": "the E01 MLP's losses (evaluation mode)",
     "init_loss_scaled": "E01's loss at step 0 over the training split (last layer × 0.01)",

@@ -33,6 +33,10 @@ from lmlab.train.loop import TrainConfig
 
 __all__ = ["Config", "DataConfig", "SpectralConfig", "Result", "check", "run", "SUMMARY_KEYS"]
 
+# ``lmlab run ... --resume`` continues an interrupted run: the training loop checkpoints every
+# epoch (and every ``train.checkpoint_every`` steps).
+RESUMES = True
+
 SUMMARY_KEYS: dict[str, str] = {
     "model": "the model reference fine-tuned",
     "n_layers": "layers with a power-law fit before and after",
@@ -208,6 +212,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.runtime import resolve_device
     from lmlab.spectral import SpectralTracker
     from lmlab.train import evaluate_lm, setup, train
+    from lmlab.train.checkpoint import checkpoint_step
 
     ctx = setup()
     device = resolve_device(cfg.device)
@@ -223,11 +228,15 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     tracker = SpectralTracker(every=cfg.spectral.track_every, at_begin=False, at_end=False,
                               sink=run_dir if ctx.is_main else None,
                               precision=cfg.spectral.precision)
+    if ctx.is_main:  # a resumed run: keep what was logged up to its checkpoint
+        run_dir.rewind_metrics(checkpoint_step(run_dir.checkpoints_dir))
+        tracker.restore(run_dir.read_metrics())
     pre = tracker.record(0, model) if ctx.is_main else pd.DataFrame()
     timed = Timed(tracker)
     result = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=test_ex,
-                   callbacks=[timed], checkpoint_dir=run_dir.checkpoints_dir, device=device,
-                   log=run_dir.log_metrics if ctx.is_main else None, ctx=ctx, progress=True)
+                   callbacks=[timed], checkpoint_dir=run_dir.checkpoints_dir, resume=True,
+                   device=device, log=run_dir.log_metrics if ctx.is_main else None, ctx=ctx,
+                   progress=True)
     if not ctx.is_main:
         return Result(pre, pre, pd.DataFrame(), result.history, result.evals, {})
     post = tracker.record(result.steps, model)

@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Config", "Result", "SUMMARY_KEYS", "TrainCell", "cells_of", "check", "run",
            "setting_name", "train_cell"]
 
+# ``lmlab run ... --resume`` continues an interrupted run: every setting checkpoints every
+# ``save_every`` steps in ``<run>/settings``.
+RESUMES = True
+
 SUMMARY_KEYS: dict[str, str] = {
     "settings.<name>.transition_step": "first checkpoint with OOD error < 0.5 (null: never)",
     "settings.<name>.final_err_id, final_err_ood": "errors on the full test sets at the end",

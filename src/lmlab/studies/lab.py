@@ -7,6 +7,7 @@ finished. A study that fails is recorded with its one-line error and the others 
 Command::
 
     lmlab run all --preset quick      # what `make demo` runs
+    lmlab run all --preset quick --resume   # continue the newest lab under ./runs
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lmlab.errors import LmlabError
 from lmlab.runs.lab_index import LabEntry, write_index
 from lmlab.studies.registry import study_table
 
-__all__ = ["lab_dir_for", "run_all"]
+__all__ = ["lab_dir_for", "find_lab", "run_all"]
 
 
 def lab_dir_for(out: str | Path) -> Path:
@@ -38,10 +39,33 @@ def lab_dir_for(out: str | Path) -> Path:
     return path
 
 
+def find_lab(out: str | Path) -> Path | None:
+    """The newest ``lab-*`` directory under ``out``, or None.
+
+    >>> import tempfile
+    >>> find_lab(tempfile.mkdtemp()) is None
+    True
+    """
+    root = Path(out).expanduser()
+    if not root.is_dir():
+        return None
+    labs = [p for p in root.glob("lab-*") if p.is_dir()]
+
+    def order(p: Path) -> tuple[str, int]:  # time stamp, then the -2, -3 ... suffix
+        parts = p.name.split("-")
+        return "-".join(parts[1:3]), int(parts[3]) if len(parts) > 3 else 1
+
+    return max(labs, key=order) if labs else None
+
+
 def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None = None, *,
             studies: Sequence[str] | None = None,
-            overrides: Mapping[str, Sequence[str]] | None = None) -> tuple[Path, list[LabEntry]]:
+            overrides: Mapping[str, Sequence[str]] | None = None,
+            resume: bool | str | Path = False) -> tuple[Path, list[LabEntry]]:
     """Run ``studies`` (default: every registered one) and write the index after each.
+
+    With ``resume`` (True: the newest lab under ``out``; or a lab directory), finished studies
+    are kept as they are and interrupted ones continue from their checkpoints.
 
     Returns the lab directory and one entry per study (its run directory or its error).
     """
@@ -56,7 +80,17 @@ def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None 
     unknown = [n for n in names if n not in infos]
     if unknown:
         raise LmlabError(f"unknown studies {', '.join(unknown)}; see lmlab study list")
-    lab = lab_dir_for(out)
+    lab = None
+    if resume is not True and resume:
+        lab = Path(resume).expanduser()
+        if not lab.is_dir():
+            raise LmlabError(f"no lab directory at {lab}; check the path")
+    elif resume:
+        lab = find_lab(out)
+        if lab is None:
+            print(f"lmlab: nothing to resume: no lab-* directory in {out}; starting a new lab",
+                  file=sys.stderr)
+    lab = lab or lab_dir_for(out)
     entries: list[LabEntry] = []
     for i, name in enumerate(names, 1):
         info = infos[name]
@@ -64,7 +98,7 @@ def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None 
         start = time.perf_counter()
         try:
             run = run_study(name, preset=preset, overrides=list((overrides or {}).get(name, ())),
-                            out=lab, device=device)
+                            out=lab, device=device, resume=resume is not False)
             entry = LabEntry(name, info.description, info.source, run.path, None,
                              time.perf_counter() - start)
         except LmlabError as e:

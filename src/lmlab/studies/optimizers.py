@@ -18,6 +18,7 @@ Commands::
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ from lmlab.train.loop import TrainConfig
 
 __all__ = ["Config", "LinesData", "Result", "check", "check_lines_data", "run", "SUMMARY_KEYS",
            "load_lines_data"]
+
+# ``lmlab run ... --resume`` continues an interrupted run: each optimiser's training checkpoints
+# every epoch (``train.checkpoint_every``).
+RESUMES = True
 
 SUMMARY_KEYS: dict[str, str] = {
     "model": "the model reference",
@@ -69,6 +74,9 @@ class Config:
         epochs=5, batch_size=4, lr=1e-4, warmup_steps=0, schedule="constant",
         max_grad_norm=1.0, weight_decay=0.01))
     device: str = "auto"
+    # Training checkpoints (weights + optimiser state, several hundred MB each) let an
+    # interrupted run resume with --resume; they are deleted once the study has finished.
+    keep_checkpoints: bool = False
     seed: int = 42
 
     @classmethod
@@ -163,12 +171,18 @@ def check(cfg: Config) -> None:
     check_lines_data(cfg.data)
 
 
+def _slug(name: str) -> str:
+    """A file-system-safe folder name for a variant's checkpoints."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
+
+
 def run(cfg: Config, run_dir: RunDir) -> Result:
     """Train one fresh copy of the model per optimiser; compare losses, perplexity, time."""
     from lmlab.data import CausalLMCollator
     from lmlab.models.hf import load_causal_lm
     from lmlab.runtime import resolve_device, seed_everything
     from lmlab.train import train
+    from lmlab.train.checkpoint import checkpoint_step
 
     device = resolve_device(cfg.device)
     _, tokenizer = load_causal_lm(cfg.model)
@@ -185,8 +199,11 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
         tcfg = dataclasses.replace(
             cfg.train, optimizer=name, seed=cfg.seed,
             weight_decay=cfg.train.weight_decay if name.lower() == "adamw" else 0.0)
+        ckpt = run_dir.checkpoints_dir / _slug(name)
+        run_dir.rewind_metrics(checkpoint_step(ckpt), optimizer=name)  # a resumed run
         res = train(model, train_ex, collate=collate, cfg=tcfg, eval_examples=val_ex,
-                    device=device, progress=True, log=run_dir.metrics_sink(optimizer=name))
+                    device=device, progress=True, log=run_dir.metrics_sink(optimizer=name),
+                    checkpoint_dir=ckpt, resume=True)
         histories += [{**r, "optimizer": name} for r in res.history]
         evals += [{**e, "optimizer": name} for e in res.evals]
         summary[name] = {"final_train_loss": res.history[-1]["loss"],
@@ -195,6 +212,9 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
                          "parameters": sum(p.numel() for p in model.parameters())}
         del model
     run_dir.save_summary(summary)
+    if not cfg.keep_checkpoints:  # only there to resume an interrupted run
+        shutil.rmtree(run_dir.checkpoints_dir, ignore_errors=True)
+        run_dir.checkpoints_dir.mkdir(exist_ok=True)
     result = Result(pd.DataFrame(histories), pd.DataFrame(evals), summary)
     _report(cfg, result, run_dir)
     return result

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from typing import Any
 from lmlab.errors import LmlabError
 from lmlab.studies.registry import PRESETS, get_study
 
-__all__ = ["build_config", "run_study"]
+__all__ = ["build_config", "run_study", "find_resumable"]
 
 
 def build_config(study: str, preset: str = "quick", overrides: Sequence[str] = (),
@@ -37,15 +39,107 @@ def build_config(study: str, preset: str = "quick", overrides: Sequence[str] = (
     return apply_overrides(cfg, [*overrides, *extra])
 
 
+def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (metadata keys skipped)."""
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        if not prefix and key.startswith("_"):
+            continue
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in the run, {b!r} now")
+    return out
+
+
+def _alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists (a missing or non-positive pid: no)."""
+    try:
+        if int(pid) <= 0:
+            return False
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def find_resumable(out: str | Path, study: str, name: str) -> Any:
+    """The newest run directory of ``study`` named ``name`` under ``out``, or None.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     find_resumable(tmp, "spectral", "quick") is None
+    True
+    """
+    from lmlab.runs import RunDir
+
+    study_dir = Path(out).expanduser() / study
+    if not study_dir.is_dir():
+        return None
+    pattern = re.compile(r"^\d{8}-\d{6}-" + re.escape(name) + r"(-\d+)?$")
+    found = [p for p in study_dir.iterdir()
+             if p.is_dir() and pattern.match(p.name) and (p / "config.json").is_file()]
+    if not found:
+        return None
+
+    def order(p: Path) -> tuple[str, int]:  # time stamp, then the -2, -3 ... suffix
+        tail = p.name[16 + len(name):]
+        return p.name[:15], int(tail[1:]) if tail else 1
+
+    return RunDir.open(max(found, key=order))
+
+
+def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
+            name: str) -> Any:
+    """The run directory to continue, checked against ``cfg``; None to start a new one."""
+    import socket
+
+    from lmlab.config import config_to_dict
+    from lmlab.runs import RunDir
+
+    if resume is True:
+        run_dir = find_resumable(out, study, name)
+        if run_dir is None:
+            print(f"lmlab: nothing to resume: no {study} run named '{name}' in {out}; "
+                  "starting a new run", file=sys.stderr)
+            return None
+    else:
+        run_dir = RunDir.open(str(resume))
+    meta = run_dir.read_meta()
+    if meta.get("study", study) != study:
+        raise LmlabError(f"{run_dir.path} is a run of '{meta.get('study')}', not '{study}'")
+    if (meta.get("status") == "running" and meta.get("host") == socket.gethostname()
+            and _alive(meta.get("pid"))):
+        raise LmlabError(f"{run_dir.path} is still running (process {meta.get('pid')}); "
+                         "stop it first, or wait for it to finish")
+    diff = _differences(run_dir.read_config(), config_to_dict(cfg))
+    if diff:
+        shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        raise LmlabError(f"cannot resume {run_dir.path}: its config differs ({shown}); use the "
+                         "same --preset and --set as the first command, or drop --resume")
+    return run_dir
+
+
 def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (),
               out: str | Path = "runs", device: str | None = None,
-              name: str | None = None, cfg: Any = None) -> Any:
+              name: str | None = None, cfg: Any = None,
+              resume: bool | str | Path = False) -> Any:
     """Run ``study`` into a new run directory under ``out`` and return that directory.
 
     The resolved config goes to ``config.json``; ``meta.json`` records the study, preset,
     device, seed, library versions, start time, duration and final status (``finished``,
     ``interrupted`` or ``failed``).
+
+    With ``resume`` (True: the newest run of this study with the same name under ``out``; or
+    a run directory), an interrupted run continues in its own directory from its last
+    checkpoints; its config must equal ``cfg``. A finished run is returned as it is. Studies
+    that keep no checkpoints (``RESUMES = False``) start again in that directory.
     """
+    import socket
+
     from lmlab.runs import RunDir, render_report
     from lmlab.runtime import environment_info, resolve_device, seed_everything
 
@@ -54,20 +148,45 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     dev = resolve_device(getattr(cfg, "device", None))
     if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
         module.check(cfg)
-    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 writes the run directory
+    label = name or preset
+    ranked = int(os.environ.get("RANK", "0")) > 0
+    run_dir = None
+    if resume:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise LmlabError("--resume works in a single process; resume without torchrun")
+        run_dir = _reopen(study, cfg, resume, out, label)
+    previous: dict[str, Any] = run_dir.read_meta() if run_dir is not None else {}
+    if previous.get("status") == "finished":
+        print(f"lmlab: {run_dir.path} has finished already; nothing to resume",  # type: ignore[union-attr]
+              file=sys.stderr)
+        return run_dir
+    if run_dir is not None:
+        run_dir.check_writable()
+        if not getattr(module, "RESUMES", False):
+            print(f"lmlab: {study} keeps no checkpoints; it starts again in {run_dir.path}",
+                  file=sys.stderr)
+            run_dir.metrics_path.unlink(missing_ok=True)
+        else:
+            print(f"lmlab: resuming {run_dir.path}", file=sys.stderr)
+    elif ranked:  # torchrun: only rank 0 writes the run directory
         scratch = tempfile.mkdtemp(prefix=f"lmlab-rank{os.environ['RANK']}-")
-        run_dir = RunDir.create(scratch, study, name or preset)
+        run_dir = RunDir.create(scratch, study, label)
     else:
-        run_dir = RunDir.create(out, study, name or preset)
+        run_dir = RunDir.create(out, study, label)
     seed = getattr(cfg, "seed", None)
-    run_dir.save_config(cfg, meta={
-        "study": study, "preset": preset, "device": str(dev), "seed": seed,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running",
-        "versions": environment_info(dev),
-    })
+    meta = {"study": study, "preset": preset, "device": str(dev), "seed": seed,
+            "status": "running", "versions": environment_info(dev),
+            "pid": os.getpid(), "host": socket.gethostname()}
+    if previous:
+        meta.update(resumed=int(previous.get("resumed", 0)) + 1,
+                    resumed_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+    else:
+        meta["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    run_dir.save_config(cfg, meta=meta)
     if seed is not None:
         seed_everything(int(seed))
     start = time.perf_counter()
+    before = float(previous.get("duration_s") or 0.0)
     status = "failed"
     try:
         module.run(cfg, run_dir)
@@ -77,7 +196,7 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
         raise
     finally:
         run_dir.update_meta({"status": status,
-                             "duration_s": round(time.perf_counter() - start, 2)})
+                             "duration_s": round(before + time.perf_counter() - start, 2)})
         if (run_dir.path / "report.json").exists():  # the "What ran" section shows the end
             render_report(run_dir)
     return run_dir

@@ -31,6 +31,9 @@ from lmlab.runs import Report, RunDir, write_report
 __all__ = ["Config", "Result", "check", "run", "plot", "SUMMARY_KEYS"]
 
 #: Keys of ``summary.json`` and their meaning.
+# No checkpoints: ``lmlab run ... --resume`` starts this study again in its run directory.
+RESUMES = False
+
 SUMMARY_KEYS: dict[str, str] = {
     "model": "the model reference analysed",
     "weights": "the path the weights were read from",

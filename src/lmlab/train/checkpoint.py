@@ -21,7 +21,7 @@ import torch
 
 from lmlab.errors import LmlabError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_step"]
 
 _NAME = "last.pt"
 
@@ -68,3 +68,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, dict) or "step" not in state:
         raise LmlabError(f"{path} is not an lmlab checkpoint; delete it to start over")
     return state
+
+
+def checkpoint_step(directory: str | os.PathLike[str]) -> int:
+    """The step of the checkpoint in ``directory`` (0 when there is none).
+
+    A resumed run continues from this step; the tensors are memory-mapped, not read.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     before = checkpoint_step(tmp)
+    ...     _ = save_checkpoint(tmp, {"step": 7})
+    ...     before, checkpoint_step(tmp)
+    (0, 7)
+    """
+    path = latest_checkpoint(directory)
+    if path is None:
+        return 0
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - report it the way load_checkpoint does
+        state = load_checkpoint(path)
+    if not isinstance(state, dict) or "step" not in state:
+        raise LmlabError(f"{path} is not an lmlab checkpoint; delete it to start over")
+    return int(state["step"])

@@ -1,0 +1,194 @@
+"""`lmlab run ... --resume`: a study killed mid-run (SIGINT or SIGKILL) continues from its last
+checkpoint and ends with the same numbers as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmlab.cli import main
+from lmlab.runs import RunDir
+from lmlab.studies.runner import find_resumable, run_study
+from tests.studies.test_finetune_spectral import overrides
+
+# timings differ between any two runs; everything else must be equal
+TIMING = {"train_seconds", "tokens_per_second", "tracking_seconds"}
+EPOCHS = 6  # 4 steps per epoch on 32 examples: 24 steps, a spectral analysis after each
+
+
+def _sets(model: Path) -> list[str]:
+    sets = overrides(model, **{"train.epochs": EPOCHS, "train.checkpoint_every": 2,
+                               "spectral.track_every": 1})
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _command(model: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "lmlab.cli", "run", "finetune-spectral", "--preset", "paper",
+            *_sets(model), "--out", str(out), *extra]
+
+
+def _env() -> dict[str, str]:
+    root = Path(__file__).resolve().parents[2]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src"),
+            "TQDM_DISABLE": "1"}
+
+
+def _summary(run: Path) -> dict:
+    data = json.loads((run / "summary.json").read_text())
+    return {k: v for k, v in data.items() if k not in TIMING}
+
+
+def _run_dir(out: Path) -> Path:
+    (run,) = (out / "finetune-spectral").iterdir()
+    return run
+
+
+def _checkpoint_step(run: Path) -> int:
+    from lmlab.train.checkpoint import checkpoint_step
+
+    return checkpoint_step(run / "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same run, never interrupted."""
+    out = tmp_path_factory.mktemp("straight")
+    subprocess.run(_command(tiny_dir, out), env=_env(), check=True, capture_output=True)
+    return _run_dir(out)
+
+
+def _interrupt(model: Path, out: Path, sig: int) -> subprocess.CompletedProcess[str]:
+    """Start the run, send ``sig`` once its second checkpoint exists, wait for the end."""
+    proc = subprocess.Popen(_command(model, out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    ckpt = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = list((out / "finetune-spectral").glob("*/checkpoints/last.pt"))
+        if runs and _checkpoint_step(runs[0].parents[1]) >= 4:
+            ckpt = runs[0]
+            break
+        time.sleep(0.02)
+    assert ckpt is not None and proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_a_killed_run_resumes_to_the_same_numbers(sig: int, tiny_dir: Path, straight: Path,
+                                                 tmp_path: Path) -> None:
+    killed = _interrupt(tiny_dir, tmp_path, sig)
+    run = _run_dir(tmp_path)
+    meta = json.loads((run / "meta.json").read_text())
+    stopped_at = _checkpoint_step(run)
+    assert 4 <= stopped_at < 4 * EPOCHS  # killed mid-run, after a checkpoint
+    assert not (run / "summary.json").exists()
+    if sig == signal.SIGINT:
+        assert killed.returncode == 130 and "--resume" in killed.stderr
+        assert meta["status"] == "interrupted"
+    else:
+        assert killed.returncode == -signal.SIGKILL and meta["status"] == "running"
+
+    resumed = subprocess.run(_command(tiny_dir, tmp_path, "--resume"), env=_env(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run}" in resumed.stderr
+    assert list((tmp_path / "finetune-spectral").iterdir()) == [run]  # no second directory
+    assert _summary(run) == _summary(straight)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "finished" and meta["resumed"] == 1
+
+    # the metrics read as one run: every training step once, the same losses and α
+    got, want = (RunDir.open(r).read_metrics() for r in (run, straight))
+    train = got[got["kind"] == "train"]
+    assert train["step"].tolist() == list(range(1, 4 * EPOCHS + 1))
+    key = ["kind", "step", "layer_id"]
+    cols = ["kind", "step", "layer_id", "loss", "alpha", "perplexity"]
+    pd.testing.assert_frame_equal(
+        got.reindex(columns=cols).sort_values(key, na_position="first").reset_index(drop=True),
+        want.reindex(columns=cols).sort_values(key, na_position="first").reset_index(drop=True))
+
+
+def test_resume_refuses_a_different_config(tiny_dir: Path, straight: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [s for s in _sets(tiny_dir) if s != "--set"]
+    sets = [s if not s.startswith("train.lr=") else "train.lr=0.01" for s in sets]
+    code = main(["run", "finetune-spectral", "--preset", "paper",
+                 *[a for s in sets for a in ("--set", s)],
+                 "--resume", str(straight)])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.lr: 0.001 in the run, 0.01 now" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_of_a_finished_run_does_nothing(tiny_dir: Path, straight: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    before = (straight / "summary.json").read_bytes()
+    sets = [s for s in _sets(tiny_dir)]
+    assert main(["run", "finetune-spectral", "--preset", "paper", *sets,
+                 "--resume", str(straight)]) == 0
+    assert "finished already" in capsys.readouterr().err
+    assert (straight / "summary.json").read_bytes() == before
+
+
+def test_resume_refuses_a_run_that_is_still_going(tmp_path: Path) -> None:
+    from lmlab.errors import LmlabError
+
+    run = RunDir.create(tmp_path, "spectral", "quick")
+    run.save_config({"model": "x"}, meta={"study": "spectral", "status": "running",
+                                          "pid": os.getpid(),
+                                          "host": __import__("socket").gethostname()})
+    with pytest.raises(LmlabError, match="still running"):
+        run_study("spectral", overrides=["model=all-minilm-l6-v2"], out=tmp_path,
+                  resume=True)
+
+
+def test_find_resumable_takes_the_newest_run_of_that_name(tmp_path: Path) -> None:
+    base = tmp_path / "spectral"
+    for name in ("20260101-000000-quick", "20260102-000000-quick", "20260102-000000-quick-2",
+                 "20260103-000000-paper", "20260104-000000-quickish"):
+        (base / name).mkdir(parents=True)
+        (base / name / "config.json").write_text("{}")
+    assert find_resumable(tmp_path, "spectral", "quick").path.name == "20260102-000000-quick-2"
+    assert find_resumable(tmp_path, "spectral", "paper").path.name == "20260103-000000-paper"
+    assert find_resumable(tmp_path, "charlm", "quick") is None
+
+
+def test_resume_with_nothing_to_resume_starts_a_new_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import tiny_model
+
+    model = tmp_path / "m"
+    tiny_model("gpt2").save_pretrained(model)
+    run = run_study("spectral", overrides=[f"model={model}"], out=tmp_path / "runs",
+                    resume=True)
+    assert "nothing to resume" in capsys.readouterr().err
+    assert RunDir.open(run.path).read_meta()["status"] == "finished"
+
+
+def test_attention_phase_resumes_from_its_stored_cells(tmp_path: Path) -> None:
+    from tests.studies.test_attention_phase import TINY
+
+    run = run_study("attention-phase", overrides=TINY, out=tmp_path).path
+    cells = run / "cells" / "cells.jsonl"
+    lines = cells.read_text().splitlines()
+    want = _summary(run)
+    # the state a kill leaves: four of six cells stored, no summary, status "running"
+    cells.write_text("\n".join(lines[:4]) + "\n")
+    (run / "summary.json").unlink()
+    RunDir.open(run).update_meta({"status": "running", "pid": 0})
+    again = run_study("attention-phase", overrides=TINY, out=tmp_path, resume=True).path
+    assert again == run
+    after = cells.read_text().splitlines()
+    assert after[:4] == lines[:4] and len(after) == 6  # only the two missing cells ran
+    assert {json.loads(x)["key"] for x in after} == {json.loads(x)["key"] for x in lines}
+    assert _summary(run) == want
