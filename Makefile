@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,24 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[models,dev]"
 	touch $@
 
+# The report pages are checked in a real browser (Debian's chromium, driven by playwright).
+# Without root or apt the browser tests skip and say why; nothing else depends on it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium >/dev/null) || \
+	      echo "chromium could not be installed; the browser tests will skip"; \
+	  else echo "chromium is not installed (needs root and apt-get); the browser tests will skip"; fi; }
+
 demo: $(VENV)/.installed
 	$(BIN)/lmlab run all --preset quick
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest
 
-test-slow: $(VENV)/.installed-dev
+test-slow: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest -m slow
 
 bench: $(VENV)/.installed-dev
