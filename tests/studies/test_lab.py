@@ -80,3 +80,19 @@ def test_run_all_refuses_set_and_reports_failures_with_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "all", "--set", "x=1", "--out", str(tmp_path)]) == 2
     assert "apply to one study" in capsys.readouterr().err
+
+
+def test_run_all_resume_continues_the_newest_lab(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "tiny"
+    tiny_model("gpt2").save_pretrained(model)
+    overrides = {"spectral": [f"model={model}"], "charlm": ["data.path=/nonexistent.txt"]}
+    out = tmp_path / "runs"
+    lab, first = run_all("quick", out, studies=["spectral", "charlm"], overrides=overrides)
+    assert first[0].run_dir is not None and first[1].run_dir is None
+    again, second = run_all("quick", out, studies=["spectral", "charlm"], overrides=overrides,
+                            resume=True)
+    assert again == lab and second[0].run_dir == first[0].run_dir  # finished: kept as it was
+    assert "finished already" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [lab.name]
+    assert len(list((lab / "spectral").iterdir())) == 1
