@@ -51,7 +51,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/spectral_vs_weightwatcher.py
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy
 
 clean:
