@@ -261,7 +261,7 @@ def _run(cfg: Config, run_dir: RunDir) -> Result:
                                          "test": len(words.test)}}
     mlp = _run_mlp(cfg, words, device, run_dir, rows, curves, summary)
     _save_progress(run_dir, rows, summary)
-    samplers: dict[str, Callable[[list[int]], torch.Tensor]] = {"e01": mlp["sampler"]}
+    samplers: dict[str, Callable[[list[int]], torch.Tensor]] = {"e01": mlp["sampler_for"]("e01")}
     if cfg.wavenet.enabled:
         samplers["wavenet"] = _run_wavenet(cfg, words, device, run_dir, rows, curves)
         _save_progress(run_dir, rows, summary)
@@ -273,9 +273,12 @@ def _run(cfg: Config, run_dir: RunDir) -> Result:
                     "models": {r["model"]: {k: r[k] for k in ("train", "dev", "test",
                                                              "parameters", "seconds")}
                                for r in rows}})
+    best_name = summary["best_model"].removeprefix("mlp-")
+    if best_name in mlp["names"] and best_name not in samplers:  # another MLP variant won
+        samplers[best_name] = mlp["sampler_for"](best_name)
     gen = torch.Generator().manual_seed(cfg.seed)
     samples = {name: _sample(fn, cfg.samples, gen, words.vocab) for name, fn in samplers.items()
-               if name in ("e01", summary["best_model"])}
+               if name in ("e01", best_name)}
     summary["samples"] = samples
     run_dir.save_summary(summary)
     result = Result(table, curves, mlp["diagnostics"], summary)
@@ -342,12 +345,17 @@ def _run_mlp(cfg: Config, words: _Words, device: torch.device, run_dir: RunDir,
     if not diagnostics.empty:
         run_dir.save_table("mlp_diagnostics.csv", diagnostics)
 
-    def sampler(context: list[int]) -> torch.Tensor:
-        x = torch.tensor([context[-m.block_size:]], device=device)
-        return ens.logits(x)[k01, 0]
+    def sampler_for(member: str) -> Callable[[list[int]], torch.Tensor]:
+        k = names.index(member)
 
-    return {"sampler": sampler, "diagnostics": diagnostics, "h_init": h_init, "h_end": h_end,
-            "names": names, "symmetry": symmetry, "uniform": uniform}
+        def sampler(context: list[int]) -> torch.Tensor:
+            x = torch.tensor([context[-m.block_size:]], device=device)
+            return ens.logits(x)[k, 0]
+
+        return sampler
+
+    return {"sampler_for": sampler_for, "diagnostics": diagnostics, "h_init": h_init,
+            "h_end": h_end, "names": names, "symmetry": symmetry, "uniform": uniform}
 
 
 def _save_progress(run_dir: RunDir, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
