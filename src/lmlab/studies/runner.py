@@ -137,6 +137,9 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     a run directory), an interrupted run continues in its own directory from its last
     checkpoints; its config must equal ``cfg``. A finished run is returned as it is. Studies
     that keep no checkpoints (``RESUMES = False``) start again in that directory.
+
+    A ready ``cfg`` (from :func:`build_config`) is used as it is: ``overrides`` and ``device``
+    are then not applied, and ``preset`` only labels the run.
     """
     import socket
 
