@@ -232,3 +232,33 @@ def test_published_alpha_c(omega) -> None:
 def test_published_alpha_l(omega) -> None:
     value = alpha_l(TheoryParams(omega=omega), bracket=(0.3, 2.2), n_scan=6)
     assert value == pytest.approx(A_L[omega], abs=0.03)
+
+
+# --- the channel against a direct average ------------------------------------------------------
+#
+# As V → 0 the Moreau envelope is the population loss of a student whose preactivations are the
+# fields themselves. For a purely positional student (θ = 0, q = σ² m²) that loss is a 2-d
+# average that can be taken directly, independently of the quadrature and the prox.
+
+def test_the_channel_limit_is_the_population_loss_of_a_positional_student() -> None:
+    """Envelope as V → 0 against a direct average over 4e5 draws of (h*, token noise):
+    E Σ_ab (T_ab − S_ab)² σ²/2 with S = softmax(h hᵀ), h_ℓ = m(σ g_ℓ ± 1), at ω = 0 and 0.3."""
+    rng = np.random.default_rng(0)
+    sig, n = 0.5, 400_000
+    A = ((0.6, 0.4), (0.4, 0.6))
+    hs, g = rng.standard_normal((n, 2)) * sig, rng.standard_normal((n, 2))
+
+    def softmax_rows(h: np.ndarray) -> np.ndarray:
+        s = h[:, :, None] * h[:, None, :]
+        e = np.exp(s - s.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    for omega in (0.0, 0.3):
+        T = (1 - omega) * softmax_rows(hs) + omega * np.array(A)
+        for m in (0.0, 0.26):
+            S = softmax_rows(m * (sig * g + np.array([1.0, -1.0])))
+            direct = 0.5 * sig ** 2 * ((T - S) ** 2).sum((1, 2)).mean()
+            ch = _quadrature.channel(max(sig ** 2 * m * m, 1e-10), m, 0.0, 1e-8,
+                                     sigma2=sig ** 2, omega=omega, A=A, order=12,
+                                     symmetry="eta")
+            assert ch.envelope == pytest.approx(direct, rel=5e-3), (omega, m)
