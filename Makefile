@@ -33,7 +33,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing chromium for the browser tests (apt-get)"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq \
 	      --no-install-recommends chromium >/dev/null) || \
 	      echo "chromium could not be installed; the browser tests will skip"; \
 	  else echo "chromium is not installed (needs root and apt-get); the browser tests will skip"; fi; }
