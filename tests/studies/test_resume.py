@@ -192,3 +192,44 @@ def test_attention_phase_resumes_from_its_stored_cells(tmp_path: Path) -> None:
     assert after[:4] == lines[:4] and len(after) == 6  # only the two missing cells ran
     assert {json.loads(x)["key"] for x in after} == {json.loads(x)["key"] for x in lines}
     assert _summary(run) == want
+
+
+def test_charlm_resumes_from_its_trained_phases(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run cut short in the WaveNet phase: the MLP ensemble is taken back, not retrained;
+    the WaveNet and the transformer train again; every number and curve is as before."""
+    import lmlab.train.sampled as sampled
+    from tests.conftest import SHARED_DATA
+    from tests.studies.test_charlm import SHORT
+
+    words = tmp_path / "names.txt"
+    words.write_text("\n".join((SHARED_DATA / "names_2018.txt").read_text().split()[::16]))
+    sets = [f"data.path={words}", *SHORT]
+    run = run_study("charlm", overrides=sets, out=tmp_path / "runs").path
+    want, curves = _summary(run), RunDir.open(run).read_metrics()
+    assert sorted(p.name for p in (run / "checkpoints").glob("trained-*.pt")) == [
+        "trained-mlp.pt", "trained-transformer.pt", "trained-wavenet.pt"]
+
+    # the state a kill during the WaveNet's training leaves behind
+    for name in ("trained-wavenet.pt", "trained-transformer.pt", "wavenet.pt",
+                 "transformer.pt"):
+        (run / "checkpoints" / name).unlink()
+    (run / "summary.json").unlink()
+    RunDir.open(run).update_meta({"status": "running", "pid": 0})
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the MLP ensemble was trained again")
+
+    monkeypatch.setattr(sampled, "train_ensemble", no_training)
+    again = run_study("charlm", overrides=sets, out=tmp_path / "runs", resume=True).path
+    assert again == run
+    got = _summary(run)
+    timing = ("seconds", "per_second")
+    for key in set(want) | set(got):
+        if key == "models":
+            for model, row in want[key].items():
+                assert {k: v for k, v in got[key][model].items() if k != "seconds"} == {
+                    k: v for k, v in row.items() if k != "seconds"}, model
+        elif not any(t in key for t in timing):
+            assert got.get(key) == want.get(key), key
+    pd.testing.assert_frame_equal(RunDir.open(run).read_metrics(), curves)

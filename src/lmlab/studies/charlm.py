@@ -66,8 +66,10 @@ DESCRIPTIONS: dict[str, str] = {
     "transformer": "causal transformer over whole words (makemore)",
 }
 
-# No checkpoints: ``lmlab run ... --resume`` starts this study again in its run directory.
-RESUMES = False
+# ``lmlab run ... --resume`` continues an interrupted run: each trained phase (the MLP ensemble,
+# the WaveNet, the transformer) is kept in ``checkpoints/trained-<phase>.pt`` and not trained
+# again; a phase cut short starts over.
+RESUMES = True
 
 SUMMARY_KEYS: dict[str, str] = {
     "train_loss, dev_loss, test_loss": "the E01 MLP's losses (evaluation mode)",
@@ -253,6 +255,7 @@ def _run(cfg: Config, run_dir: RunDir) -> Result:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     words = _load_words(cfg.data)
+    run_dir.metrics_path.unlink(missing_ok=True)  # a resumed run logs every curve again
     run_dir.update_meta({"data_source": words.source})
     rows: list[dict[str, Any]] = []
     curves: dict[str, torch.Tensor] = {}
@@ -307,8 +310,18 @@ def _run_mlp(cfg: Config, words: _Words, device: torch.device, run_dir: RunDir,
     probe = Xtr[torch.randperm(Xtr.shape[0], generator=torch.Generator().manual_seed(0))[:2000]
                 .to(device)]
     h_init = ens.hidden(probe, batch_stats=True).cpu()
-    res = train_ensemble(ens, Xtr, Ytr, m.train, diag_fn=ens.diagnostics, progress=True,
-                         desc=f"MLP ensemble ({len(names)} variants)")
+    def get_state() -> dict[str, Any]:
+        return {"params": {n: t.cpu() for n, t in ens.params.items()},
+                "running_mean": ens.running_mean.cpu(), "running_std": ens.running_std.cpu()}
+
+    def set_state(state: dict[str, Any]) -> None:
+        ens.params = {n: t.to(device) for n, t in state["params"].items()}
+        ens.running_mean = state["running_mean"].to(device)
+        ens.running_std = state["running_std"].to(device)
+
+    res = _trained(run_dir, "mlp", get_state, set_state, lambda: train_ensemble(
+        ens, Xtr, Ytr, m.train, diag_fn=ens.diagnostics, progress=True,
+        desc=f"MLP ensemble ({len(names)} variants)"))
     losses = {s: ens.loss(X, Y).tolist() for s, (X, Y) in splits.items()}
     h_end = ens.hidden(probe).cpu()
     for k, name in enumerate(names):
@@ -362,6 +375,46 @@ def _save_progress(run_dir: RunDir, rows: list[dict[str, Any]], summary: dict[st
     """The losses and summary so far, so an interrupted run keeps its finished models."""
     run_dir.save_table("losses.csv", pd.DataFrame(rows))
     run_dir.save_summary({**summary, "models_finished": [r["model"] for r in rows]})
+
+
+def _trained(run_dir: RunDir, phase: str, get_state: Callable[[], Any],
+             set_state: Callable[[Any], None], train: Callable[[], Any]) -> Any:
+    """Train one phase, or take it back from ``checkpoints/trained-<phase>.pt``.
+
+    The file (weights and the loop's result: every step's loss, the diagnostics, the timing)
+    is written as soon as the phase has trained, so a resumed run skips the phases that
+    finished and ends with the same numbers and figures.
+    """
+    import io
+
+    from lmlab.runs.io import atomic_write_bytes
+
+    path = run_dir.checkpoints_dir / f"trained-{phase}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a file from an older layout: train again
+            saved = None
+        if isinstance(saved, dict) and saved.get("phase") == phase:
+            set_state(saved["state"])
+            return saved["result"]
+    result = train()
+    buffer = io.BytesIO()
+    torch.save({"phase": phase, "state": get_state(), "result": result}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return result
+
+
+def _module_state(model: torch.nn.Module) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    """``get_state``/``set_state`` of a module for :func:`_trained`."""
+
+    def get_state() -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def set_state(state: dict[str, torch.Tensor]) -> None:
+        model.load_state_dict(state)
+
+    return get_state, set_state
 
 
 def _save_weights(run_dir: RunDir, name: str, state: dict[str, Any]) -> None:
@@ -418,8 +471,9 @@ def _run_wavenet(cfg: Config, words: _Words, device: torch.device, run_dir: RunD
                                                              w.block_size))
               for s in ("train", "dev", "test")}
     X, Y = splits["train"]
-    res = train_module(model, X, Y, w.train, name="wavenet", progress=True,
-                       generator=torch.Generator().manual_seed(cfg.seed))
+    res = _trained(run_dir, "wavenet", *_module_state(model), lambda: train_module(
+        model, X, Y, w.train, name="wavenet", progress=True,
+        generator=torch.Generator().manual_seed(cfg.seed)))
     _finish(run_dir, "wavenet", model, splits, res, rows, curves,
             {"config": dataclasses.asdict(w), "vocab": words.vocab.itos})
 
@@ -446,9 +500,9 @@ def _run_transformer(cfg: Config, words: _Words, device: torch.device, run_dir: 
     model = CharTransformer(words.vocab.size, longest + 1, n_layer=t.n_layer, n_head=t.n_head,
                             n_embd=t.n_embd).to(device)
     X, Y = splits["train"]
-    res = train_module(model, X, Y, t.train, loss_fn=sequence_loss,
-                       name="transformer", progress=True,
-                       generator=torch.Generator().manual_seed(cfg.seed))
+    res = _trained(run_dir, "transformer", *_module_state(model), lambda: train_module(
+        model, X, Y, t.train, loss_fn=sequence_loss, name="transformer", progress=True,
+        generator=torch.Generator().manual_seed(cfg.seed)))
     _finish(run_dir, "transformer", model, splits, res, rows, curves,
             {"config": dataclasses.asdict(t), "block_size": longest + 1,
              "vocab": words.vocab.itos})
