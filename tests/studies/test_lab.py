@@ -93,6 +93,7 @@ def test_run_all_resume_continues_the_newest_lab(tmp_path: Path,
     again, second = run_all("quick", out, studies=["spectral", "charlm"], overrides=overrides,
                             resume=True)
     assert again == lab and second[0].run_dir == first[0].run_dir  # finished: kept as it was
+    assert second[0].seconds == first[0].seconds > 0  # the run's duration, not the resume's
     assert "finished already" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [lab.name]
     assert len(list((lab / "spectral").iterdir())) == 1

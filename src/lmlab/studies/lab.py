@@ -99,8 +99,10 @@ def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None 
         try:
             run = run_study(name, preset=preset, overrides=list((overrides or {}).get(name, ())),
                             out=lab, device=device, resume=resume is not False)
+            # the run's own duration, which adds up the sessions of a resumed run
+            took = run.read_meta().get("duration_s")
             entry = LabEntry(name, info.description, info.source, run.path, None,
-                             time.perf_counter() - start)
+                             float(took) if took is not None else time.perf_counter() - start)
         except LmlabError as e:
             entry = LabEntry(name, info.description, info.source, None, str(e),
                              time.perf_counter() - start)
