@@ -25,6 +25,16 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
+def study_error(study: str, sets: list[str], tmp_path: Path,
+                capsys: pytest.CaptureFixture[str]) -> str:
+    """``lmlab run <study> --set ...`` must fail in one line before any run directory exists."""
+    out = tmp_path / "runs"
+    line = run(["run", study, "--out", str(out), *[a for s in sets for a in ("--set", s)]],
+               capsys)
+    assert not out.exists()
+    return line
+
+
 def test_every_study_has_a_numeric_field_listed() -> None:
     assert set(NUMERIC) == set(study_names())
 

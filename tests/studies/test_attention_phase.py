@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmlab.cli import main
 from lmlab.studies.attention_phase import crossing
 from lmlab.studies.runner import run_study
+from tests.test_bad_input import study_error
 
 TINY = ["task.d=40", "grid.alpha_min=0.25", "grid.alpha_points=6", "grid.omegas=0.1,0.3",
         "grid.seeds=3", "gd.steps=150", "n_test=400", "theory.enabled=false"]
@@ -83,10 +83,4 @@ def test_crossing_interpolates_the_last_sign_change() -> None:
 ])
 def test_bad_input_exits_2_in_one_line(sets: list[str], message: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", "attention-phase", "--out", str(tmp_path / "runs")]
-    for s in sets:
-        argv += ["--set", s]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "runs").exists()
+    assert message in study_error("attention-phase", sets, tmp_path, capsys)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lmlab.cli import main
 from lmlab.studies.runner import run_study
 from tests.conftest import SHARED_DATA
+from tests.test_bad_input import study_error
 
 SHORT = ["mlp.train.steps=600", "mlp.train.lr_decay_step=400", "mlp.train.diag_every=100",
          "wavenet.train.steps=300", "transformer.train.steps=60", "transformer.n_layer=1",
@@ -90,13 +90,7 @@ def test_bad_input_exits_2_in_one_line(sets: list[str], message: str, names_file
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
     paths = {"missing": tmp_path / "nope.txt", "empty": tmp_path / "empty.txt",
              "names": names_file}
-    argv = ["run", "charlm", "--out", str(tmp_path / "runs")]
-    for s in sets:
-        argv += ["--set", s.format(**paths)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "runs").exists()  # failed before any run directory
+    assert message in study_error("charlm", [s.format(**paths) for s in sets], tmp_path, capsys)
 
 
 def test_trained_weights_are_saved_and_reload(run_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lmlab.cli import main
 from lmlab.studies.runner import run_study
+from tests.test_bad_input import study_error
 
 TINY = ["pools=0,20", "steps=40", "save_every=20", "eval_every=10", "eval_cheap=20",
         "eval_full=50", "sweep.backend=inprocess"]
@@ -49,10 +49,4 @@ def test_settings_trained_measured_and_reported(run_path: Path) -> None:
 ])
 def test_bad_input_exits_2_in_one_line(sets: list[str], message: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["run", "induction", "--out", str(tmp_path / "runs")]
-    for s in sets:
-        argv += ["--set", s]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "runs").exists()
+    assert message in study_error("induction", sets, tmp_path, capsys)
