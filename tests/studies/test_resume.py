@@ -24,9 +24,9 @@ TIMING = {"train_seconds", "tokens_per_second", "tracking_seconds"}
 EPOCHS = 6  # 4 steps per epoch on 32 examples: 24 steps, a spectral analysis after each
 
 
-def _sets(model: Path) -> list[str]:
+def _sets(model: Path, **extra: object) -> list[str]:
     sets = overrides(model, **{"train.epochs": EPOCHS, "train.checkpoint_every": 2,
-                               "spectral.track_every": 1})
+                               "spectral.track_every": 1, **extra})
     return [a for s in sets for a in ("--set", s)]
 
 
@@ -120,11 +120,8 @@ def test_a_killed_run_resumes_to_the_same_numbers(sig: int, tiny_dir: Path, stra
 
 def test_resume_refuses_a_different_config(tiny_dir: Path, straight: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    sets = [s for s in _sets(tiny_dir) if s != "--set"]
-    sets = [s if not s.startswith("train.lr=") else "train.lr=0.01" for s in sets]
     code = main(["run", "finetune-spectral", "--preset", "paper",
-                 *[a for s in sets for a in ("--set", s)],
-                 "--resume", str(straight)])
+                 *_sets(tiny_dir, **{"train.lr": 0.01}), "--resume", str(straight)])
     err = capsys.readouterr().err
     assert code == 2 and "train.lr: 0.001 in the run, 0.01 now" in err
     assert len(err.strip().splitlines()) == 1
@@ -133,8 +130,7 @@ def test_resume_refuses_a_different_config(tiny_dir: Path, straight: Path,
 def test_resume_of_a_finished_run_does_nothing(tiny_dir: Path, straight: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     before = (straight / "summary.json").read_bytes()
-    sets = [s for s in _sets(tiny_dir)]
-    assert main(["run", "finetune-spectral", "--preset", "paper", *sets,
+    assert main(["run", "finetune-spectral", "--preset", "paper", *_sets(tiny_dir),
                  "--resume", str(straight)]) == 0
     assert "finished already" in capsys.readouterr().err
     assert (straight / "summary.json").read_bytes() == before

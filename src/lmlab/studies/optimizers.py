@@ -171,11 +171,6 @@ def check(cfg: Config) -> None:
     check_lines_data(cfg.data)
 
 
-def _slug(name: str) -> str:
-    """A file-system-safe folder name for a variant's checkpoints."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "run"
-
-
 def run(cfg: Config, run_dir: RunDir) -> Result:
     """Train one fresh copy of the model per optimiser; compare losses, perplexity, time."""
     from lmlab.data import CausalLMCollator
@@ -199,7 +194,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
         tcfg = dataclasses.replace(
             cfg.train, optimizer=name, seed=cfg.seed,
             weight_decay=cfg.train.weight_decay if name.lower() == "adamw" else 0.0)
-        ckpt = run_dir.checkpoints_dir / _slug(name)
+        ckpt = run_dir.checkpoints_dir / name  # a torch.optim name (validated): a safe folder
         run_dir.rewind_metrics(checkpoint_step(ckpt), optimizer=name)  # a resumed run
         res = train(model, train_ex, collate=collate, cfg=tcfg, eval_examples=val_ex,
                     device=device, progress=True, log=run_dir.metrics_sink(optimizer=name),
