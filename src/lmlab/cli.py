@@ -148,18 +148,10 @@ def _cmd_spectral(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _print_summary(run_dir: object) -> None:
-    summary = _flat(run_dir.read_summary())  # type: ignore[attr-defined]
+    from lmlab.config import flatten_dotted
+
+    summary = flatten_dotted(run_dir.read_summary())  # type: ignore[attr-defined]
     width = max((len(k) for k in summary), default=0)
     for key, value in summary.items():
         text = f"{value:.4g}" if isinstance(value, float) else str(value)

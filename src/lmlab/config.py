@@ -47,6 +47,7 @@ from lmlab.errors import LmlabError
 
 __all__ = [
     "apply_overrides",
+    "flatten_dotted",
     "config_from_dict",
     "config_keys",
     "config_to_dict",
@@ -267,6 +268,21 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
         raise TypeError(f"expected a dataclass config instance, got {cfg!r}")
     result: dict[str, Any] = _to_plain(cfg)
     return result
+
+
+def flatten_dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as one level with dotted keys (the inverse of how ``--set`` keys nest).
+
+    >>> flatten_dotted({"train": {"lr": 0.1, "steps": 5}, "seed": 0})
+    {'train.lr': 0.1, 'train.steps': 5, 'seed': 0}
+    """
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _expand_dotted(d: Mapping[str, Any]) -> dict[str, Any]:

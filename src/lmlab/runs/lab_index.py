@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from lmlab.config import flatten_dotted
 from lmlab.runs._html import page
 from lmlab.runs.io import atomic_write_text
 
@@ -48,15 +49,10 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{name}."))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            out[name] = value
-    return out
+def _flat(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar entries of a nested summary, with dotted keys."""
+    return {k: v for k, v in flatten_dotted(d).items()
+            if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def _fmt(value: Any) -> str:

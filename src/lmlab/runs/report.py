@@ -194,16 +194,17 @@ def _run_path(run_dir: RunDir | str | os.PathLike[str]) -> Path:
     return path
 
 
-def _flatten(meta: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in meta.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif key in _DURATION_KEYS and isinstance(value, numbers.Real) and float(value) >= 0.0:
-            flat[prefix + key] = _format_duration(float(value))
-        else:
-            flat[prefix + key] = value
-    return flat
+def _flatten(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` with dotted keys, durations written out."""
+    from lmlab.config import flatten_dotted
+
+    def shown(key: str, value: Any) -> Any:
+        if (key.rsplit(".", 1)[-1] in _DURATION_KEYS and isinstance(value, numbers.Real)
+                and float(value) >= 0.0):
+            return _format_duration(float(value))
+        return value
+
+    return {k: shown(k, v) for k, v in flatten_dotted(meta).items()}
 
 
 def _what_ran(run_path: Path) -> list[dict[str, Any]]:

@@ -14,10 +14,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmlab.errors import LmlabError
 from lmlab.studies.registry import PRESETS, get_study
+
+if TYPE_CHECKING:
+    from lmlab.runs import RunDir
 
 __all__ = ["build_config", "run_study", "find_resumable"]
 
@@ -39,18 +42,14 @@ def build_config(study: str, preset: str = "quick", overrides: Sequence[str] = (
     return apply_overrides(cfg, [*overrides, *extra])
 
 
-def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two config dicts (metadata keys skipped)."""
-    out = []
-    for key in sorted(set(saved) | set(wanted)):
-        if not prefix and key.startswith("_"):
-            continue
-        a, b = saved.get(key), wanted.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} in the run, {b!r} now")
-    return out
+    from lmlab.config import flatten_dotted
+
+    a, b = flatten_dotted(saved), flatten_dotted(wanted)
+    return [f"{key}: {a.get(key)!r} in the run, {b.get(key)!r} now"
+            for key in sorted(set(a) | set(b))
+            if not key.startswith("_") and a.get(key) != b.get(key)]
 
 
 def _alive(pid: Any) -> bool:
@@ -66,7 +65,7 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def find_resumable(out: str | Path, study: str, name: str) -> Any:
+def find_resumable(out: str | Path, study: str, name: str) -> RunDir | None:
     """The newest run directory of ``study`` named ``name`` under ``out``, or None.
 
     >>> import tempfile
@@ -79,21 +78,17 @@ def find_resumable(out: str | Path, study: str, name: str) -> Any:
     study_dir = Path(out).expanduser() / study
     if not study_dir.is_dir():
         return None
-    pattern = re.compile(r"^\d{8}-\d{6}-" + re.escape(name) + r"(-\d+)?$")
-    found = [p for p in study_dir.iterdir()
-             if p.is_dir() and pattern.match(p.name) and (p / "config.json").is_file()]
-    if not found:
-        return None
-
-    def order(p: Path) -> tuple[str, int]:  # time stamp, then the -2, -3 ... suffix
-        tail = p.name[16 + len(name):]
-        return p.name[:15], int(tail[1:]) if tail else 1
-
-    return RunDir.open(max(found, key=order))
+    pattern = re.compile(r"^(\d{8}-\d{6})-" + re.escape(name) + r"(?:-(\d+))?$")
+    found = {}  # run directory -> (time stamp, then the -2, -3 ... suffix)
+    for p in study_dir.iterdir():
+        match = pattern.match(p.name)
+        if match and p.is_dir() and (p / "config.json").is_file():
+            found[p] = (match.group(1), int(match.group(2) or 1))
+    return RunDir.open(max(found, key=found.__getitem__)) if found else None
 
 
 def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
-            name: str) -> Any:
+            name: str) -> RunDir | None:
     """The run directory to continue, checked against ``cfg``; None to start a new one."""
     import socket
 
@@ -126,7 +121,7 @@ def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
 def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (),
               out: str | Path = "runs", device: str | None = None,
               name: str | None = None, cfg: Any = None,
-              resume: bool | str | Path = False) -> Any:
+              resume: bool | str | Path = False) -> RunDir:
     """Run ``study`` into a new run directory under ``out`` and return that directory.
 
     The resolved config goes to ``config.json``; ``meta.json`` records the study, preset,
@@ -153,14 +148,14 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
         module.check(cfg)
     label = name or preset
     ranked = int(os.environ.get("RANK", "0")) > 0
-    run_dir = None
+    run_dir: RunDir | None = None
     if resume:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise LmlabError("--resume works in a single process; resume without torchrun")
         run_dir = _reopen(study, cfg, resume, out, label)
     previous: dict[str, Any] = run_dir.read_meta() if run_dir is not None else {}
-    if previous.get("status") == "finished":
-        print(f"lmlab: {run_dir.path} has finished already; nothing to resume",  # type: ignore[union-attr]
+    if run_dir is not None and previous.get("status") == "finished":
+        print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
               file=sys.stderr)
         return run_dir
     if run_dir is not None:
