@@ -204,12 +204,12 @@ def test_product_rule_and_its_folds_integrate_even_moments() -> None:
 #
 # Where this solver and the published values differ by more than 0.03 the test is a strict
 # xfail: the published lines are reproduced at ω ≥ 0.15 (α_c) but not at small ω, and α_l is
-# systematically 0.02–0.045 later here. A Monte Carlo solution of the same equations (direct
-# averages of the prox residual, 2e5–4e5 samples) agrees with this solver, e.g. α_c(ω=0) ≈ 0.61
-# (published 0.548) and ε_g(α=1.464, ω=0.3) ≈ 0.00202 (tabulated fixed point: 0.00196). But
-# gradient descent at d = 500 / 1000 / 2000 crosses at α = 0.583 / 0.570 / 0.560 at ω = 0
-# (0.553 ± 0.021 extrapolated to d → ∞), siding with the published line: the gap is open and
-# most likely on this side (docs/attention-phase.md).
+# systematically 0.02–0.045 later here. A Monte Carlo solution of the same equations agrees
+# with this solver (α_c(ω=0) ≈ 0.61). The published notebook's own scheme, re-run
+# (lmlab.theory.notebook_scheme, which reproduces the tabulated fixed points at ω = 0.3), does
+# not give the published small-ω values either: it puts α_c(0) at 0.649 and α_c(0.1) at 0.783,
+# further from the published 0.548 and 0.707 than this solver. Gradient descent at
+# d = 500–2000 crosses at 0.56–0.58 at ω = 0 (docs/attention-phase.md).
 
 def _off(reason: str):
     return pytest.mark.xfail(strict=True, reason=reason)

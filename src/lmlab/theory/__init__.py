@@ -2,7 +2,8 @@
 
 :mod:`lmlab.theory.attention` — the tied rank-1 dot-product attention model of Cui, Behrens,
 Krzakala and Zdeborová (2024): semantic and positional branches, the transition α_c, the dense
-linear baseline and the crossover α_l.
+linear baseline and the crossover α_l. :mod:`lmlab.theory.notebook_scheme` re-runs the
+published notebook's coarser numerical scheme for the same model, to trace published numbers.
 
 >>> from lmlab.theory import TheoryParams, linear_baseline
 >>> round(linear_baseline(TheoryParams(omega=0.0))[0], 5)
