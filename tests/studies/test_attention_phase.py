@@ -50,6 +50,30 @@ def test_tables_summary_and_figures(run_path: Path) -> None:
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{fig}.png" in md
 
 
+def test_the_crossing_table_per_omega(run_path: Path) -> None:
+    runs = pd.read_csv(run_path / "runs.csv")
+    table = pd.read_csv(run_path / "alpha_c_by_omega.csv").set_index("omega")
+    assert list(table.index) == [0.1, 0.3]
+    assert table["alpha_c_published"].to_dict() == pytest.approx({0.1: 0.707, 0.3: 1.241})
+    assert table["alpha_c_theory"].isna().all()          # theory.enabled=false
+    for w in (0.1, 0.3):                                 # recomputed from the runs by hand
+        r = runs[runs["omega"] == w].pivot_table(index=["alpha", "seed"], columns="init",
+                                                 values="eps_t")
+        delta = (r["semantic"] - r["positional"]).groupby("alpha").mean()
+        expect = crossing(delta.index.to_numpy(), delta.to_numpy())
+        got = table.loc[w, "alpha_c_sim"]
+        assert (math.isnan(expect) and math.isnan(got)) or got == pytest.approx(expect)
+    s = json.loads((run_path / "summary.json").read_text())
+    assert s["alpha_c_sim"] == pytest.approx(table.loc[0.3, "alpha_c_sim"], nan_ok=True)
+
+
+def test_no_published_line_for_other_parameters(tmp_path: Path) -> None:
+    path = run_study("attention-phase", preset="quick",
+                     overrides=[*TINY, "grid.omegas=0.3", "grid.seeds=1", "task.sigma=0.7"],
+                     out=tmp_path).path
+    assert pd.read_csv(path / "alpha_c_by_omega.csv")["alpha_c_published"].isna().all()
+
+
 def test_a_resumed_sweep_computes_only_new_cells(store: Path, run_path: Path,
                                                  tmp_path: Path) -> None:
     lines = (store / "cells.jsonl").read_text().splitlines()

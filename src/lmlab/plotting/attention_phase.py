@@ -118,8 +118,12 @@ def plot_order_parameters(means: pd.DataFrame, theory: pd.DataFrame, *, sigma: f
 
 
 def plot_phase_diagram(grid: pd.DataFrame, lines: pd.DataFrame, line: str, *, title: str,
-                       label: str, ax: Axes | None = None) -> Axes:
-    """A diverging colour map of ``grid['delta']`` over (α, ω) with a theory line α(ω)."""
+                       label: str, crossings: pd.DataFrame | None = None,
+                       published: dict[float, float] | None = None,
+                       ax: Axes | None = None) -> Axes:
+    """A diverging colour map of ``grid['delta']`` over (α, ω) with a theory line α(ω), and
+    optionally the simulated crossings (``alpha_c_sim`` ± ``alpha_c_sim_se`` per ω) and a
+    published line ``{ω: α}``."""
     ax = ax or new_axes((7.0, 4.6))
     table = grid.pivot_table(index="omega", columns="alpha", values="delta")
     values = table.to_numpy()
@@ -127,10 +131,21 @@ def plot_phase_diagram(grid: pd.DataFrame, lines: pd.DataFrame, line: str, *, ti
     mesh = ax.pcolormesh(table.columns.to_numpy(), table.index.to_numpy(), values,
                          cmap="RdBu_r", vmin=-vmax, vmax=vmax, shading="nearest")
     ax.figure.colorbar(mesh, ax=ax, label=label)
+    name = {"alpha_c": "α_c", "alpha_l": "α_l"}.get(line, line)
     if not lines.empty and line in lines:
         ok = lines[np.isfinite(lines[line])]
-        ax.plot(ok[line], ok["omega"], "k-o", ms=3, lw=1.5, label=f"{line}(ω), theory")
-        ax.legend(frameon=False, fontsize=8, loc="upper left")
+        ax.plot(ok[line], ok["omega"], "k-o", ms=3, lw=1.5, label=f"{name}(ω), theory")
+    if published:
+        w = sorted(published)
+        ax.plot([published[k] for k in w], w, "--", color="0.35", lw=1.5,
+                label=f"{name}(ω), published")
+    if crossings is not None and not crossings.empty:
+        ok = crossings[np.isfinite(crossings["alpha_c_sim"])]
+        ax.errorbar(ok["alpha_c_sim"], ok["omega"], xerr=ok["alpha_c_sim_se"].fillna(0.0),
+                    fmt="D", ms=4, color="gold", mec="k", ecolor="k", capsize=2, lw=1,
+                    label="crossing, simulation (± s.e.)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=True, framealpha=0.85, fontsize=8, loc="upper left")
     ax.set(xlabel="α = n/d", ylabel="ω", title=title, xlim=(table.columns.min(),
                                                           table.columns.max()))
     return ax

@@ -41,7 +41,7 @@ from lmlab.runs import Report, RunDir, write_report
 from lmlab.sweep import SweepConfig
 
 __all__ = ["Cell", "Config", "Grid", "Result", "SUMMARY_KEYS", "TheoryConfig", "check",
-           "crossing", "run", "simulate_cell"]
+           "crossing", "run", "simulate_cell", "simulated_crossings"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: every finished sweep cell is stored in
 # ``<run>/cells``.
@@ -235,14 +235,62 @@ def crossing(alphas: np.ndarray, delta: np.ndarray) -> float:
     return float("nan")
 
 
+def simulated_crossings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per ω: ``alpha_c_sim`` (the crossing of the seed-mean Δε_t), ``alpha_c_sim_se`` (the
+    standard error of the per-seed crossings) and ``seeds_crossing`` (seeds whose Δε_t crosses).
+
+    >>> runs = pd.DataFrame({"omega": 0.3, "seed": [0] * 4, "alpha": [1.0, 1.0, 2.0, 2.0],
+    ...                      "init": ["semantic", "positional"] * 2,
+    ...                      "eps_t": [0.002, 0.001, 0.003, 0.004]})
+    >>> simulated_crossings(runs)[["omega", "alpha_c_sim", "seeds_crossing"]].values.tolist()
+    [[0.3, 1.5, 1.0]]
+    """
+    rows = []
+    for w, delta in _paired_delta(runs, "eps_t").groupby("omega"):
+        mean = delta.groupby("alpha")["delta"].mean()
+        per_seed = [crossing(g["alpha"].to_numpy(), g["delta"].to_numpy())
+                    for _, g in delta.sort_values("alpha").groupby("seed")]
+        finite = [c for c in per_seed if math.isfinite(c)]
+        rows.append({"omega": float(w),
+                     "alpha_c_sim": crossing(mean.index.to_numpy(), mean.to_numpy()),
+                     "alpha_c_sim_se": (float(np.std(finite, ddof=1) / math.sqrt(len(finite)))
+                                        if len(finite) > 1 else float("nan")),
+                     "seeds_crossing": len(finite)})
+    return pd.DataFrame(rows, columns=["omega", "alpha_c_sim", "alpha_c_sim_se",
+                                       "seeds_crossing"])
+
+
+def _published_setting(cfg: Config) -> bool:
+    """Whether the published lines apply: the authors' σ, λ, A, rank and scalings."""
+    t = cfg.task
+    return (t.convention == "paper" and t.rank == 1 and t.sigma == 0.5 and cfg.gd.lam == 0.01
+            and tuple(t.A) == (0.6, 0.4, 0.4, 0.6))
+
+
+def _crossing_table(cfg: Config, runs: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
+    """``simulated_crossings`` with the theory's α_c and the published one at the same ω."""
+    from lmlab.theory.attention import PUBLISHED_ALPHA_C
+
+    table = simulated_crossings(runs)
+    theory = dict(zip(lines["omega"], lines["alpha_c"], strict=True)) if not lines.empty else {}
+    published = PUBLISHED_ALPHA_C if _published_setting(cfg) else {}
+
+    def at(values: dict[float, float], w: float) -> float:
+        return next((v for k, v in values.items() if math.isclose(k, w)), float("nan"))
+
+    return table.assign(alpha_c_theory=[at(theory, w) for w in table["omega"]],
+                        alpha_c_published=[at(published, w) for w in table["omega"]])
+
+
 @dataclass(frozen=True)
 class Result:
-    """Every simulated student, the per-cell means, the theory, the summary."""
+    """Every simulated student, the per-cell means, the theory, the per-ω crossings, the summary."""
 
     runs: pd.DataFrame
     means: pd.DataFrame
     theory: pd.DataFrame
     lines: pd.DataFrame
+    crossings: pd.DataFrame
     summary: dict[str, Any]
 
 
@@ -271,9 +319,11 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     means = _means(runs)
     run_dir.save_table("means.csv", means)
     theory, lines = _theory(cfg, run_dir)
-    summary = _summary(cfg, runs, means, theory, lines)
+    crossings = _crossing_table(cfg, runs, lines)
+    run_dir.save_table("alpha_c_by_omega.csv", crossings)
+    summary = _summary(cfg, crossings, means, theory, lines)
     run_dir.save_summary(summary)
-    result = Result(runs, means, theory, lines, summary)
+    result = Result(runs, means, theory, lines, crossings, summary)
     _report(cfg, result, run_dir)
     return result
 
@@ -315,24 +365,19 @@ def _theory(cfg: Config, run_dir: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     return curves, lines
 
 
-def _summary(cfg: Config, runs: pd.DataFrame, means: pd.DataFrame, theory: pd.DataFrame,
+def _summary(cfg: Config, crossings: pd.DataFrame, means: pd.DataFrame, theory: pd.DataFrame,
              lines: pd.DataFrame) -> dict[str, Any]:
     w = cfg.grid.fig2_omega
     sl = means[np.isclose(means["omega"], w)]
     a_top = sl["alpha"].max()
     top = sl[sl["alpha"] == a_top].set_index("init")
-    delta = _paired_delta(runs[np.isclose(runs["omega"], w)], "eps_t")
-    mean_delta = delta.groupby("alpha")["delta"].mean()
-    per_seed = [crossing(g["alpha"].to_numpy(), g["delta"].to_numpy())
-                for _, g in delta.sort_values("alpha").groupby("seed")]
-    finite = [c for c in per_seed if math.isfinite(c)]
+    cross = crossings[np.isclose(crossings["omega"], w)].iloc[0]
     s: dict[str, Any] = {
         "omega": w, "d": cfg.task.d, "seeds": cfg.grid.seeds, "steps": cfg.gd.steps,
         "momentum": cfg.gd.momentum, "alpha_top": float(a_top),
-        "alpha_c_sim": crossing(mean_delta.index.to_numpy(), mean_delta.to_numpy()),
-        "alpha_c_sim_se": (float(np.std(finite, ddof=1) / math.sqrt(len(finite)))
-                           if len(finite) > 1 else float("nan")),
-        "alpha_c_sim_seeds_crossing": len(finite),
+        "alpha_c_sim": float(cross["alpha_c_sim"]),
+        "alpha_c_sim_se": float(cross["alpha_c_sim_se"]),
+        "alpha_c_sim_seeds_crossing": int(cross["seeds_crossing"]),
         "eps_lin": float(sl["eps_lin"].mean()),
     }
     if {"semantic", "positional"} <= set(top.index):
@@ -376,6 +421,7 @@ def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:
         plot_order_parameters,
         plot_phase_diagram,
     )
+    from lmlab.theory.attention import PUBLISHED_ALPHA_C
 
     w = cfg.grid.fig2_omega
     runs_w = res.runs[np.isclose(res.runs["omega"], w)]
@@ -392,9 +438,11 @@ def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:
     omegas = cfg.grid.all_omegas()
     if len(omegas) > 1:
         delta_all = _paired_delta(res.runs, "eps_t").groupby(["omega", "alpha"])["delta"].mean()
+        published = PUBLISHED_ALPHA_C if _published_setting(cfg) else None
         run_dir.save_figure(figure_of(plot_phase_diagram(
             delta_all.reset_index(), res.lines, "alpha_c",
-            title="Δε_t = ε_t(semantic) − ε_t(positional)", label="Δε_t")), "fig3_phase_eps_t")
+            title="Δε_t = ε_t(semantic) − ε_t(positional)", label="Δε_t",
+            crossings=res.crossings, published=published)), "fig3_phase_eps_t")
         glob = _global_minimum(res.means)
         run_dir.save_figure(figure_of(plot_phase_diagram(
             glob, res.lines, "alpha_l", title="ε_lin − ε_g(global minimum)",
@@ -426,9 +474,13 @@ def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:
                       "plotted; it changes sign earlier than Δε_t.")
     if len(omegas) > 1:
         report.add_figure("figures/fig3_phase_eps_t.png",
-                          "Fig. 3: Δε_t over ω × α with the theory's α_c(ω).")
+                          "Fig. 3: Δε_t over ω × α with the theory's α_c(ω), the simulated "
+                          "crossing per ω (± standard error over seeds) and, for the authors' "
+                          "parameters, the published α_c(ω).")
         report.add_figure("figures/fig3_attention_vs_linear.png",
                           "Fig. 3: ε_lin − ε_g of the global minimum with the theory's α_l(ω).")
+    report.add_table(res.crossings, caption="α_c per ω: simulated (crossing of the mean Δε_t; "
+                     "standard error over the per-seed crossings), theory, published")
     if not res.lines.empty:
         report.add_table(res.lines, caption="Theory lines: α_c(ω) and α_l(ω)")
     write_report(run_dir, report)

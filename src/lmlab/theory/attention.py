@@ -64,7 +64,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["BRANCHES", "TheoryParams", "FixedPoint", "solve_branch", "solve_curve", "alpha_c",
-           "linear_baseline", "alpha_l"]
+           "linear_baseline", "alpha_l", "PUBLISHED_ALPHA_C", "PUBLISHED_ALPHA_L"]
+
+#: The published α_c(ω) (σ = 0.5, λ = 0.01, A = [[.6, .4], [.4, .6]]): the ``'spinodal'`` entry
+#: of the authors' plotting notebook, which is the equal-training-loss line, not a spinodal.
+PUBLISHED_ALPHA_C: dict[float, float] = {
+    0.0: 0.548, 0.1: 0.707, 0.15: 0.818, 0.2: 0.928, 0.25: 1.06, 0.3: 1.241, 0.35: 1.454,
+    0.4: 1.751, 0.425: 1.939}
+#: The published α_l(ω), the ``'att-linear'`` entry, same parameters.
+PUBLISHED_ALPHA_L: dict[float, float] = {
+    0.0: 0.7225, 0.05: 0.7653, 0.075: 0.8076, 0.1: 0.8506, 0.15: 0.9415, 0.2: 1.0714,
+    0.25: 1.2254, 0.275: 1.3271, 0.3: 1.4506, 0.325: 1.5844, 0.35: 1.7495, 0.38: 1.9932}
 
 _DEFAULT = TheoryParams()                      # frozen, so a shared default is safe
 
