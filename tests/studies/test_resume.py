@@ -67,8 +67,12 @@ def straight(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _interrupt(model: Path, out: Path, sig: int) -> subprocess.CompletedProcess[str]:
     """Start the run, send ``sig`` once its second checkpoint exists, wait for the end."""
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps
+    # an inherited SIG_IGN: give the child the default disposition so that it gets
+    # KeyboardInterrupt however the tests were launched.
     proc = subprocess.Popen(_command(model, out), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     ckpt = None
     while time.monotonic() < deadline and proc.poll() is None:
