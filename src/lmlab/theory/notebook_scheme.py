@@ -38,6 +38,7 @@ import numpy as np
 
 from lmlab.errors import LmlabError
 
+from ._quadrature import teacher_rows
 from ._solver import BRANCHES, FixedPoint, TheoryParams
 
 __all__ = ["GaussRule", "stroud_secrest_6", "rabinowitz_richter_2",
@@ -115,14 +116,12 @@ class _Channel:
         s2 = p.sigma ** 2
         sq, c = math.sqrt(q), theta / math.sqrt(q)
         vs = math.sqrt(max(s2 - theta * theta / q, 0.0))
-        (a11, _), (a21, _) = p.A
         rows = []
         for (x1, x2), wx in zip(rule.nodes, rule.weights, strict=True):
             for (e1, e2), we in zip(rule.nodes, rule.weights, strict=True):
                 w1, w2 = sq * x1 + m, sq * x2 - m
                 g1, g2 = c * x1 + vs * e1, c * x2 + vs * e2
-                t1 = (1 - p.omega) * _sigmoid(g1 * (g1 - g2)) + p.omega * a11
-                t2 = (1 - p.omega) * _sigmoid(g2 * (g1 - g2)) + p.omega * a21
+                t1, t2 = (float(t) for t in teacher_rows(g1, g2, p.omega, p.A))
                 res = optimize.minimize(_envelope(w1, w2, t1, t2, V, s2), [0.0, 0.0])
                 rows.append((wx * we, x1, x2, e1, e2, w1, w2, *res.x, res.fun))
         (self.w, self.x1, self.x2, self.e1, self.e2, self.w1, self.w2, h1, h2,
@@ -213,12 +212,6 @@ def notebook_alpha_c(params: TheoryParams, bracket: tuple[float, float],
     return float(brentq(lambda a: notebook_delta_eps_t(a, params), lo, hi, xtol=xtol))
 
 
-def _rows(g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First-column entries of the row softmax of ``g gᵀ`` (two tokens)."""
-    u = g1 - g2
-    return 0.5 * (1 + np.tanh(0.5 * g1 * u)), 0.5 * (1 + np.tanh(0.5 * g2 * u))
-
-
 def _sq_rows(a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
     return a1 ** 2 + (1 - a1) ** 2 + a2 ** 2 + (1 - a2) ** 2
 
@@ -231,18 +224,17 @@ def notebook_eps_g(q: float, m: float, theta: float, params: TheoryParams = _DEF
     0.001396
     """
     s2 = params.sigma ** 2
-    rho, w, (a11, _), (a21, _) = s2, params.omega, *params.A
+    rho, w, A = s2, params.omega, params.A
     rule = rabinowitz_richter_2()
     x1, x2, wt = rule.nodes[:, 0], rule.nodes[:, 1], rule.weights
-    t1, t2 = _rows(math.sqrt(rho) * x1, math.sqrt(rho) * x2)
-    t1, t2 = (1 - w) * t1 + w * a11, (1 - w) * t2 + w * a21
+    t1, t2 = teacher_rows(math.sqrt(rho) * x1, math.sqrt(rho) * x2, w, A)
     term1 = s2 * float(wt @ _sq_rows(t1, t2))
-    a1, a2 = _rows(math.sqrt(q) * x1 + m, math.sqrt(q) * x2 - m)
+    a1, a2 = teacher_rows(math.sqrt(q) * x1 + m, math.sqrt(q) * x2 - m, 0.0, A)  # student
     term2 = s2 * float(wt @ _sq_rows(a1, a2))
     c, vs = theta / math.sqrt(q), math.sqrt(max(rho - theta * theta / q, 0.0))
     # cross term: outer variable U (student and teacher), inner W (teacher only)
-    T1, T2 = _rows(c * x1[:, None] + vs * x1[None, :], c * x2[:, None] + vs * x2[None, :])
-    T1, T2 = (1 - w) * T1 + w * a11, (1 - w) * T2 + w * a21
+    T1, T2 = teacher_rows(c * x1[:, None] + vs * x1[None, :],
+                          c * x2[:, None] + vs * x2[None, :], w, A)
     A1, A2 = a1[:, None], a2[:, None]
     cross = T1 * A1 + (1 - T1) * (1 - A1) + T2 * A2 + (1 - T2) * (1 - A2)
     term3 = -2.0 * s2 * float(wt @ cross @ wt)
@@ -258,11 +250,10 @@ def notebook_linear_error(params: TheoryParams = _DEFAULT) -> float:
     """
     s2 = params.sigma ** 2
     w = params.omega
-    A = np.asarray(params.A)
 
     def teacher(rule: GaussRule) -> tuple[np.ndarray, np.ndarray]:
-        t1, t2 = _rows(math.sqrt(s2) * rule.nodes[:, 0], math.sqrt(s2) * rule.nodes[:, 1])
-        return (1 - w) * t1 + w * A[0, 0], (1 - w) * t2 + w * A[1, 0]
+        return teacher_rows(math.sqrt(s2) * rule.nodes[:, 0], math.sqrt(s2) * rule.nodes[:, 1],
+                            w, params.A)
 
     b1, b2 = (float(stroud_secrest_6().weights @ t) for t in teacher(stroud_secrest_6()))
     B = np.array([[b1, 1 - b1], [b2, 1 - b2]])
