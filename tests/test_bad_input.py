@@ -66,7 +66,8 @@ def test_every_study_rejects_malformed_settings(study: str, case: str, tmp_path:
     (["run", "spectral", "--set", "model={tmp}/corrupt.safetensors"], "corrupt.safetensors"),
     (["spectral", "{tmp}/empty_dir"], "empty_dir"),
     (["report", "{tmp}/empty_dir"], "empty_dir"),
-    (["report", "{tmp}/corrupt_run"], "report.json"),
+    (["report", "{tmp}/corrupt_run"], "result.json"),
+    (["report", "{tmp}/old_run"], "no saved result"),
     (["run", "charlm", "--resume", "{tmp}/no_such_run"], "no run directory"),
     (["run", "charlm", "--resume", "{tmp}/empty_dir"], "not a run directory"),
     (["run", "charlm", "--resume", "{tmp}/torn_run"], "config.json"),
@@ -80,8 +81,12 @@ def test_commands_reject_bad_paths_and_files(argv: list[str], expect: str, tmp_p
     (tmp_path / "empty_dir").mkdir()
     run_dir = tmp_path / "corrupt_run"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text("{}")
-    (run_dir / "report.json").write_text("{ torn")
+    (run_dir / "config.json").write_text('{"_study": "spectral"}')
+    (run_dir / "result").mkdir()
+    (run_dir / "result" / "result.json").write_text("{ torn")
+    (tmp_path / "old_run").mkdir()  # a run of an older layout: no saved result
+    (tmp_path / "old_run" / "config.json").write_text('{"_study": "spectral"}')
+    (tmp_path / "old_run" / "report.json").write_text('{"title": "t", "blocks": []}')
     (tmp_path / "torn_run").mkdir()
     (tmp_path / "torn_run" / "config.json").write_text('{"seed": ')
     filled = [a.format(tmp=tmp_path) for a in argv]

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="BLAS/torch threads")
     s.add_argument("--device", default=None, help="auto (default), cpu or cuda")
 
-    rep = sub.add_parser("report", help="render a run directory's report again")
+    rep = sub.add_parser("report", help="draw a finished run's figures and report again from "
+                                        "its saved result (no model, no training)")
     rep.add_argument("run_dir", help="a run directory (holds config.json)")
     return p
 
@@ -160,11 +161,11 @@ def _print_summary(run_dir: object) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from lmlab.runs import RunDir, render_report
+    from lmlab.studies.pattern import redraw
 
-    md, html = render_report(RunDir.open(args.run_dir))
-    print(md)
-    print(html)
+    run_dir = redraw(args.run_dir)
+    for name in ("report.md", "report.html"):
+        print(run_dir.path / name)
     return 0
 
 

@@ -34,3 +34,49 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
+
+
+_FRESH_PLOT = """
+import sys
+import torch
+
+def refuse(self, *args, **kwargs):
+    raise AssertionError("plot(load_result(...)) built a torch model")
+
+torch.nn.Module.__init__ = refuse
+from lmlab.studies import load_result, get_study
+result = load_result(sys.argv[1])
+module = get_study(sys.argv[2])
+figures = module.plot(result)
+print(" ".join(sorted(figures)))
+"""
+
+
+def assert_redraws(run_dir: Path | object, study: str) -> None:
+    """The study-pattern check every study's test makes on a finished tiny run.
+
+    Deleting ``figures/`` and ``report.*`` and running ``lmlab report RUN_DIR`` gives back the
+    same figure files and the same report text; and ``plot(load_result(run_dir))`` works in a
+    fresh process in which building any torch module raises.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from lmlab.cli import main
+
+    path = Path(getattr(run_dir, "path", run_dir))
+    figures = sorted(p.name for p in (path / "figures").iterdir())
+    report_md = (path / "report.md").read_text(encoding="utf-8")
+    assert figures, "the run drew no figures"
+    shutil.rmtree(path / "figures")
+    for name in ("report.md", "report.html", "report.json"):
+        (path / name).unlink()
+    assert main(["report", str(path)]) == 0
+    assert sorted(p.name for p in (path / "figures").iterdir()) == figures
+    assert (path / "report.md").read_text(encoding="utf-8") == report_md
+    assert (path / "report.html").is_file()
+    out = subprocess.run([sys.executable, "-c", _FRESH_PLOT, str(path), study],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == sorted(Path(f).stem for f in figures)

@@ -32,7 +32,7 @@ def test_run_writes_everything(saved_llama: Path, tmp_path: Path) -> None:
 
     summary = json.loads((run.path / "summary.json").read_text())
     assert summary["alpha_mean"] == pytest.approx(summarize(expected)["alpha_mean"])
-    assert set(get_study("spectral").SUMMARY_KEYS) <= set(summary)
+    assert get_study("spectral").SUMMARY.problems(summary) == []
 
     config = json.loads((run.path / "config.json").read_text())
     assert config["model"] == str(saved_llama) and config["_study"] == "spectral"
@@ -61,3 +61,16 @@ def test_presets_and_overrides() -> None:
         build_config("spectral", "huge")
     with pytest.raises(LmlabError, match="max_n must be positive|max_n"):
         build_config("spectral", "quick", ["max_n=-3"])
+
+
+def test_report_redraws_from_the_saved_result(saved_llama: Path, tmp_path: Path) -> None:
+    from tests.studies.conftest import assert_redraws
+
+    run = run_study("spectral", overrides=[f"model={saved_llama}"], out=tmp_path / "runs")
+    result = get_study("spectral").Result
+    from lmlab.studies import load_result
+
+    back = load_result(run.path)
+    assert isinstance(back, result) and back.config.model == str(saved_llama)
+    assert sorted(back.esds) and all(v.ndim == 1 for v in back.esds.values())
+    assert_redraws(run, "spectral")

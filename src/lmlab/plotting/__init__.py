@@ -6,6 +6,7 @@ True
 """
 
 from lmlab.plotting.spectral import (
+    captioned,
     figure_of,
     new_axes,
     plot_alpha_by_layer,
@@ -14,5 +15,5 @@ from lmlab.plotting.spectral import (
     plot_esd,
 )
 
-__all__ = ["figure_of", "new_axes", "plot_esd", "plot_alpha_by_layer", "plot_alpha_hist",
+__all__ = ["captioned", "figure_of", "new_axes", "plot_esd", "plot_alpha_by_layer", "plot_alpha_hist",
            "plot_alpha_over_training"]

@@ -55,6 +55,22 @@ def figure_of(ax: Axes) -> Figure:
     return fig  # type: ignore[return-value]
 
 
+def captioned(fig: Figure | Axes, caption: str) -> Figure:
+    """The figure (of an Axes, or itself) with its report caption attached.
+
+    A study's ``plot()`` returns ``{name: captioned(fig, "...")}``; the report reads the
+    caption back with ``fig.get_label()``.
+
+    >>> captioned(new_axes(), "Loss per step.").get_label()
+    'Loss per step.'
+    """
+    from matplotlib.axes import Axes as _Axes
+
+    figure = figure_of(fig) if isinstance(fig, _Axes) else fig
+    figure.set_label(caption)
+    return figure
+
+
 def new_axes(figsize: tuple[float, float] = (7.0, 4.2)) -> Axes:
     """A fresh Axes on its own Figure (not registered with pyplot)."""
     from matplotlib.figure import Figure

@@ -136,6 +136,21 @@ class Report:
         path = Path(path_relative_to_run_dir)
         self._blocks.append({"type": "figure", "path": path.as_posix(), "caption": str(caption)})
 
+    def add_figures(self, figures: Mapping[str, Any],
+                    names: Sequence[str] | None = None) -> None:
+        """Add figures drawn by a study's ``plot()``: ``figures/<name>.png``, captions from
+        each figure's label (:func:`lmlab.plotting.captioned`).
+
+        Args:
+            figures: ``{name: Figure}``.
+            names: only these names, in this order (default: all, in their order); a name
+                that was not drawn is skipped.
+        """
+        for name in names if names is not None else list(figures):
+            if name in figures:
+                label = figures[name].get_label()
+                self.add_figure(f"figures/{name}.png", label if label else name)
+
     def to_blocks(self) -> list[dict[str, Any]]:
         """A deep copy of the blocks as JSON-safe dicts."""
         return copy.deepcopy(self._blocks)

@@ -33,6 +33,12 @@ from lmlab.runs import Report, RunDir, write_report
 from lmlab.studies.optimizers import LinesData, check_lines_data, load_lines_data
 from lmlab.train.loop import TrainConfig
 
+#: Read by the registry without importing this module.
+STUDY = {"name": "ablation", "order": 4,
+         "description": ("Attention ablations (zero, uniform, mean, previous-token): "
+                         "trained and untrained"),
+         "source": "optimizer/hooks mini-study; WikiText-2"}
+
 __all__ = ["Config", "Result", "check", "run", "SUMMARY_KEYS", "MODE_MEANING"]
 
 MODE_MEANING: dict[str, str] = {

@@ -40,6 +40,12 @@ from lmlab.models.attention_student import GDConfig
 from lmlab.runs import Report, RunDir, write_report
 from lmlab.sweep import SweepConfig
 
+#: Read by the registry without importing this module.
+STUDY = {"name": "attention-phase", "order": 6,
+         "description": ("Positional vs semantic attention: the phase transition in α = "
+                         "n/d, simulation + theory"),
+         "source": "Cui, Behrens, Krzakala, Zdeborová, NeurIPS 2024"}
+
 __all__ = ["Cell", "Config", "Grid", "Result", "SUMMARY_KEYS", "TheoryConfig", "check",
            "crossing", "run", "simulate_cell", "simulated_crossings"]
 

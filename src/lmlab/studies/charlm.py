@@ -38,6 +38,12 @@ from lmlab.models.char_mlp import MLPVariant
 from lmlab.runs import Report, RunDir, write_report
 from lmlab.train.sampled import StepConfig
 
+#: Read by the registry without importing this module.
+STUDY = {"name": "charlm", "order": 5,
+         "description": ("Character-level names models: MLP, BatchNorm, init, folding, "
+                         "WaveNet, transformer"),
+         "source": "makemore exercise sheet (Bengio et al. 2003); SSA names"}
+
 __all__ = ["Config", "MLPConfig", "NamesData", "Result", "SUMMARY_KEYS", "TransformerConfig",
            "VARIANTS", "WaveNetConfig", "check", "run"]
 

@@ -31,6 +31,12 @@ from lmlab.runs import Report, RunDir, write_report
 from lmlab.train.callbacks import Timed
 from lmlab.train.loop import TrainConfig
 
+#: Read by the registry without importing this module.
+STUDY = {"name": "finetune-spectral", "order": 2,
+         "description": ("Fine-tune a causal LM; α per layer before, during and after, with "
+                         "perplexity"),
+         "source": "spectral fine-tuning homework; IR-Triplets (InductiveSLM)"}
+
 __all__ = ["Config", "DataConfig", "SpectralConfig", "Result", "check", "run", "SUMMARY_KEYS"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: the training loop checkpoints every

@@ -42,6 +42,12 @@ from lmlab.sweep import SweepConfig
 if TYPE_CHECKING:  # pragma: no cover
     from lmlab.studies.induction_train import TrainSetting
 
+#: Read by the registry without importing this module.
+STUDY = {"name": "induction", "order": 7,
+         "description": ("Induction heads: copying, pattern diversity, OOD generalisation "
+                         "and QK–OV composition"),
+         "source": "Song, Xu, Zhong, PNAS 2025"}
+
 __all__ = ["Config", "Result", "SUMMARY_KEYS", "TrainCell", "cells_of", "check", "run",
            "setting_name", "train_cell"]
 

@@ -28,6 +28,12 @@ from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir, write_report
 from lmlab.train.loop import TrainConfig
 
+#: Read by the registry without importing this module.
+STUDY = {"name": "optimizers", "order": 3,
+         "description": ("AdamW vs SGD (or any torch optimiser) on the same fine-tune: "
+                         "loss, perplexity, time"),
+         "source": "optimizer/hooks mini-study; WikiText-2"}
+
 __all__ = ["Config", "LinesData", "Result", "check", "check_lines_data", "run", "SUMMARY_KEYS",
            "load_lines_data"]
 

