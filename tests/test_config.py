@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from lmlab.config import (
     apply_overrides,
+    config_diff,
     config_from_dict,
     config_keys,
     config_to_dict,
@@ -190,11 +192,64 @@ def test_dict_round_trip_is_json_safe() -> None:
     assert config_from_dict(Cfg, json.loads(text)) == cfg
 
 
-def test_non_finite_floats_round_trip() -> None:
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN", "1e999"])
+def test_non_finite_overrides_are_rejected(text: str) -> None:
+    with pytest.raises(LmlabError, match=rf"^'train\.lr' must be a finite number, got '{text}'$"):
+        apply_overrides(Cfg(), [f"train.lr={text}"])
+    with pytest.raises(LmlabError, match=r"'train\.betas' must be a finite number"):
+        apply_overrides(Cfg(), [f"train.betas=0.9,{text}"])
+    with pytest.raises(LmlabError, match=r"'data\.scale' must be a finite number"):
+        apply_overrides(Cfg(), [f"data.scale={text}"])
+
+
+def test_non_finite_values_in_files_and_dicts_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(LmlabError, match=r"'train\.lr' must be a finite number, got 'inf'"):
+        config_from_dict(Cfg, {"train": {"lr": "inf"}})  # as an older lmlab wrote it
+    with pytest.raises(LmlabError, match=r"'train\.lr' must be a finite number, got nan"):
+        config_from_dict(Cfg, {"train.lr": float("nan")})
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nlr = inf\n")
+    with pytest.raises(LmlabError, match=r"'train\.lr' must be a finite number"):
+        load_config_file(Cfg, toml)
+
+
+def test_a_non_finite_config_built_in_python_fails_validation() -> None:
     cfg = Cfg(train=Train(lr=float("inf")))
-    d = config_to_dict(cfg)
+    with pytest.raises(LmlabError, match=r"^'train\.lr' must be a finite number, got inf$"):
+        apply_overrides(cfg, ["seed=1"])
+    d = config_to_dict(cfg)  # the one NaN policy: null, never "inf" or Infinity
+    assert d["train"]["lr"] is None
     json.dumps(d, allow_nan=False)
-    assert config_from_dict(Cfg, d).train.lr == float("inf")
+
+
+class Mode(enum.Enum):
+    FAST = "f"
+    SLOW = "s"
+
+
+@dataclass(frozen=True)
+class WithEnum:
+    mode: Mode = Mode.FAST
+    train: Train = field(default_factory=Train)
+
+
+def test_config_to_dict_writes_enums_by_name_and_sections_by_field() -> None:
+    d = config_to_dict(WithEnum(mode=Mode.SLOW))
+    assert d["mode"] == "SLOW" and d["train"]["betas"] == [0.9, 0.999]
+    assert config_from_dict(WithEnum, d) == WithEnum(mode=Mode.SLOW)
+
+
+def test_config_diff_lists_changed_dotted_keys() -> None:
+    old = {"_study": "x", "seed": 0, "train": {"lr": 0.1, "widths": [8, 16]}, "out_dir": "a"}
+    new = {"_study": "y", "seed": 0, "train.lr": 0.2, "train.widths": [8, 16], "out_dir": "b",
+           "extra": 1}
+    assert config_diff(old, new, ignore={"out_dir"}) == [
+        "extra: None in the run, 1 now",
+        "train.lr: 0.1 in the run, 0.2 now",
+    ]
+    cfg = apply_overrides(Cfg(), ["train.widths=1,2"])
+    saved = json.loads(json.dumps(config_to_dict(cfg)))
+    assert config_diff(saved, config_to_dict(cfg)) == []
 
 
 def test_from_dict_keeps_defaults_and_accepts_dotted_keys() -> None:
@@ -266,8 +321,11 @@ def test_load_config_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config_file(Cfg, bad_json)
     yaml = tmp_path / "c.yaml"
     yaml.write_text("seed: 1")
-    with pytest.raises(LmlabError, match=r"\.toml or \.json"):
-        load_config_file(Cfg, yaml)
+    assert load_config_file(Cfg, yaml).seed == 1
+    ini = tmp_path / "c.ini"
+    ini.write_text("seed = 1")
+    with pytest.raises(LmlabError, match=r"\.toml, \.yaml or \.json"):
+        load_config_file(Cfg, ini)
     with pytest.raises(LmlabError, match="unknown config key 'sed'"):
         (tmp_path / "typo.json").write_text('{"sed": 1}')
         load_config_file(Cfg, tmp_path / "typo.json")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 from lmlab import __version__
 from lmlab.errors import LmlabError
 from lmlab.runtime import (
+    cache_dir,
     environment_info,
     limit_threads,
     resolve_device,
@@ -134,3 +137,31 @@ def test_environment_info_is_flat_strings(monkeypatch: pytest.MonkeyPatch) -> No
     assert info["device"] == "cpu"
     assert "cuda" not in info
     assert int(info["threads"]) == torch.get_num_threads()
+
+
+# --- the one cache directory ------------------------------------------------------------------
+
+
+def test_cache_dir_follows_lmlab_cache_then_the_platform(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LMLAB_CACHE", "~/my-cache")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "my-cache"
+    assert cache_dir("models/smollm2") == tmp_path / "my-cache" / "models" / "smollm2"
+    monkeypatch.delenv("LMLAB_CACHE")
+    import platformdirs
+
+    expected = Path(platformdirs.user_cache_dir("lmlab", appauthor=False))
+    assert cache_dir() == expected and cache_dir("data") == expected / "data"
+    if sys.platform.startswith("linux"):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert cache_dir("theory") == tmp_path / "xdg" / "lmlab" / "theory"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        assert cache_dir() == tmp_path / ".cache" / "lmlab"
+
+
+@pytest.mark.parametrize("sub", ["/etc", "../outside", "a/../../b"])
+def test_cache_dir_stays_inside_the_cache(sub: str) -> None:
+    with pytest.raises(LmlabError, match="relative path inside the cache"):
+        cache_dir(sub)

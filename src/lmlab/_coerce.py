@@ -30,6 +30,7 @@ __all__ = [
     "init_fields",
     "is_config_class",
     "is_union",
+    "non_finite",
     "section_class",
     "type_name",
     "unquote",
@@ -72,6 +73,21 @@ def field_types(cls: type) -> dict[str, Any]:
             localns.setdefault(type(default).__name__, type(default))
     hints = typing.get_type_hints(cls, localns=localns)
     return {f.name: hints.get(f.name, Any) for f in init_fields(cls)}
+
+
+def non_finite(value: Any) -> bool:
+    """Whether ``value`` is, or holds in a list, tuple or mapping, a NaN or an infinity.
+
+    >>> non_finite((1.0, float("inf"))), non_finite({"a": 0.5})
+    (True, False)
+    """
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return any(non_finite(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(non_finite(v) for v in value.values())
+    return False
 
 
 def is_union(tp: Any) -> bool:

@@ -27,7 +27,6 @@ import dataclasses
 import difflib
 import enum
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -40,18 +39,22 @@ from lmlab._coerce import (
     init_fields,
     is_config_class,
     is_union,
+    non_finite,
     section_class,
     unquote,
 )
+from lmlab._dotted import _expand_dotted, config_diff, flatten_dotted
 from lmlab.errors import LmlabError
 
 __all__ = [
     "apply_overrides",
     "flatten_dotted",
+    "config_diff",
     "config_from_dict",
     "config_keys",
     "config_to_dict",
     "load_config_file",
+    "read_settings_file",
 ]
 
 T = TypeVar("T")
@@ -59,7 +62,7 @@ T = TypeVar("T")
 
 def _coerce_or_raise(value: Any, tp: Any, key: str, root: type) -> Any:
     try:
-        return convert(value, tp)
+        converted = convert(value, tp)
     except BadValue as exc:
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
         raise LmlabError(
@@ -67,6 +70,18 @@ def _coerce_or_raise(value: Any, tp: Any, key: str, root: type) -> Any:
         ) from None
     except SectionAssigned:
         raise _section_error(key, root) from None
+    _check_finite(converted, key, shown=value)
+    return converted
+
+
+def _check_finite(value: Any, key: str, shown: Any = None) -> None:
+    """Reject NaN and infinities (JSON has none: see the NaN policy of :mod:`lmlab.runs.io`).
+
+    No config field needs one; ``None`` is how a config says "no limit".
+    """
+    if non_finite(value):
+        shown = value if shown is None else shown
+        raise LmlabError(f"'{key}' must be a finite number, got {shown!r}")
 
 
 def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
@@ -142,12 +157,15 @@ def _resolve_key(root: type, key: str) -> Any:
     raise _unknown_key_error(key, root)  # pragma: no cover - loop always returns
 
 
-def _validate(cfg: Any) -> None:
-    """Run ``validate()`` on every section (innermost first), then on the config itself."""
+def _validate(cfg: Any, prefix: str = "") -> None:
+    """Check that every value is finite, then run ``validate()`` on every section (innermost
+    first) and on the config itself."""
     for f in init_fields(type(cfg)):
         value = getattr(cfg, f.name, None)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            _validate(value)
+            _validate(value, f"{prefix}{f.name}.")
+        else:
+            _check_finite(value, prefix + f.name)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         try:
@@ -229,27 +247,27 @@ def apply_overrides(cfg: T, overrides: Sequence[str]) -> T:
     return new
 
 
-def _to_plain(value: Any) -> Any:
+def _sections_as_dicts(value: Any) -> Any:
+    """Sections as dicts of their constructor fields, enums as their names; the rest as is."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in init_fields(type(value))}
-    if isinstance(value, (tuple, list)):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _to_plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
+        return {f.name: _sections_as_dicts(getattr(value, f.name))
+                for f in init_fields(type(value))}
     if isinstance(value, enum.Enum):
         return value.name
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf": strict JSON, parsed back by float()
+    if isinstance(value, (tuple, list)):
+        return [_sections_as_dicts(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _sections_as_dicts(v) for k, v in value.items()}
     return value
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-safe nested dict of a config (tuples become lists, paths strings).
 
-    Non-finite floats are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"`` so the
-    result is strict JSON; :func:`config_from_dict` reads them back.
+    Values go through :func:`lmlab.runs.io.to_jsonable`, the normaliser of every JSON file
+    lmlab writes; a config never holds NaN or infinities (they are rejected when it is built
+    by :func:`apply_overrides` or :func:`config_from_dict`), so the dict reads back to an
+    equal config.
 
     Args:
         cfg: A dataclass config instance.
@@ -264,44 +282,12 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     >>> config_to_dict(C())
     {'sizes': [2, 4]}
     """
+    from lmlab.runs.io import to_jsonable  # lmlab.runs imports this module: import on use
+
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"expected a dataclass config instance, got {cfg!r}")
-    result: dict[str, Any] = _to_plain(cfg)
+    result: dict[str, Any] = to_jsonable(_sections_as_dicts(cfg))
     return result
-
-
-def flatten_dotted(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables as one level with dotted keys (the inverse of how ``--set`` keys nest).
-
-    >>> flatten_dotted({"train": {"lr": 0.1, "steps": 5}, "seed": 0})
-    {'train.lr': 0.1, 'train.steps': 5, 'seed': 0}
-    """
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, Mapping):
-            out.update(flatten_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _expand_dotted(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn ``{"train.lr": 1}`` into ``{"train": {"lr": 1}}``; plain keys pass through."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        key = str(key)
-        head, dot, rest = key.partition(".")
-        if not dot:
-            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-                out[key].update(value)
-            else:
-                out[key] = value
-            continue
-        sub = out.setdefault(head, {})
-        if not isinstance(sub, dict):
-            sub = out[head] = {}
-        sub.update(_expand_dotted({rest: value}))
-    return out
 
 
 def _from_mapping(cls: type, d: Mapping[str, Any], prefix: str, root: type | None) -> Any:
@@ -372,7 +358,8 @@ def config_from_dict(cls: type[T], d: Mapping[str, Any]) -> T:
 
 
 def load_config_file(cls: type[T], path: str | Path) -> T:
-    """Read a config from a ``.toml`` or ``.json`` file (partial files keep the defaults).
+    """Read a config from a ``.toml``, ``.yaml`` or ``.json`` file (partial files keep the
+    defaults).
 
     Args:
         cls: The config dataclass.
@@ -395,10 +382,26 @@ def load_config_file(cls: type[T], path: str | Path) -> T:
     ...     load_config_file(C, p)
     C(lr=0.5)
     """
+    return config_from_dict(cls, read_settings_file(path))
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """The table of settings in a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file.
+
+    Raises:
+        LmlabError: If the file is missing, unreadable, malformed or not a table.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     p = pathlib.Path(tmp) / "c.yaml"
+    ...     _ = p.write_text("train: {lr: 0.5}")
+    ...     read_settings_file(p)
+    {'train': {'lr': 0.5}}
+    """
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
-    if suffix not in (".toml", ".json"):
-        raise LmlabError(f"unsupported config file {path}; use a .toml or .json file")
+    if suffix not in (".toml", ".json", ".yaml", ".yml"):
+        raise LmlabError(f"unsupported config file {path}; use a .toml, .yaml or .json file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -408,14 +411,20 @@ def load_config_file(cls: type[T], path: str | Path) -> T:
     try:
         if suffix == ".json":
             data = json.loads(text)
-        else:
+        elif suffix == ".toml":
             data = _parse_toml(text)
-    except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # json, tomllib and yaml each raise their own error type
+        if isinstance(exc, LmlabError):
+            raise
         detail = " ".join(str(exc).split())
         raise LmlabError(f"cannot parse config file {path}: {detail}") from None
     if not isinstance(data, Mapping):
         raise LmlabError(f"config file {path} must contain a table/object of settings")
-    return config_from_dict(cls, data)
+    return dict(data)
 
 
 def _parse_toml(text: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Process-wide runtime settings: seeds, device, thread counts and an environment record.
+"""Process-wide runtime settings: seeds, device, thread counts, the cache directory and an
+environment record.
 
-Seeding, device choice and threading are decided here and nowhere else, so that a run is
-reproducible from its config and its report can say exactly where it ran.
+Seeding, device choice, threading and where cached files live are decided here and nowhere
+else, so that a run is reproducible from its config and its report can say exactly where it ran.
 
 >>> seed_everything(0)
 >>> str(resolve_device("cpu"))
@@ -21,6 +22,7 @@ import platform
 import random
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmlab.errors import LmlabError
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "CACHE_ENV",
+    "cache_dir",
     "environment_info",
     "limit_threads",
     "resolve_device",
@@ -38,6 +42,43 @@ __all__ = [
 
 _MAX_SEED = 2**32 - 1
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
+
+#: The environment variable that moves lmlab's cache (models, data, theory, baselines).
+CACHE_ENV = "LMLAB_CACHE"
+
+
+def cache_dir(sub: str = "") -> Path:
+    """lmlab's cache directory, or its subdirectory ``sub`` (not created here).
+
+    ``$LMLAB_CACHE`` when that variable is set, else the platform's user cache directory for
+    lmlab (``platformdirs.user_cache_dir``: ``$XDG_CACHE_HOME/lmlab`` or ``~/.cache/lmlab`` on
+    Linux, ``~/Library/Caches/lmlab`` on macOS, ``%LOCALAPPDATA%\\lmlab\\Cache`` on Windows).
+
+    Args:
+        sub: A relative path inside the cache, e.g. ``"data"`` or ``"models/smollm2-135m"``.
+
+    Returns:
+        The directory path.
+
+    Raises:
+        LmlabError: If ``sub`` is absolute or leaves the cache with ``..``.
+
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"LMLAB_CACHE": "/tmp/lmlab-cache"}):
+    ...     cache_dir("data").as_posix()
+    '/tmp/lmlab-cache/data'
+    """
+    part = Path(sub)
+    if part.is_absolute() or ".." in part.parts:
+        raise LmlabError(f"cache subdirectory {sub!r} must be a relative path inside the cache")
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        root = Path(explicit).expanduser()
+    else:
+        import platformdirs
+
+        root = Path(platformdirs.user_cache_dir("lmlab", appauthor=False))
+    return root / part if sub else root
 
 
 def seed_everything(seed: int) -> None:

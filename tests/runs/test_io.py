@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
 from pathlib import Path
@@ -10,11 +12,15 @@ import pytest
 
 from lmlab.errors import LmlabError
 from lmlab.runs.io import (
+    atomic_directory,
+    atomic_save_torch,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    atomic_write_with,
     save_figure,
     save_table,
+    to_jsonable,
 )
 
 
@@ -178,3 +184,128 @@ def test_failed_rename_keeps_old_file_and_leaves_no_temp(
         atomic_write_json(target, {"v": 2})
     assert json.loads(target.read_text()) == {"v": 1}
     assert _leftovers(tmp_path) == []
+
+
+# --- the one normaliser and its NaN policy ----------------------------------------------------
+
+
+class _Colour(enum.Enum):
+    RED = "r"
+
+
+@dataclasses.dataclass
+class _Point:
+    x: float
+    tags: frozenset[str]
+
+
+def test_to_jsonable_has_one_nan_policy_everywhere() -> None:
+    import torch
+
+    obj = {
+        "nan": float("nan"),
+        "np": [np.float64("inf"), np.float32(-np.inf), np.array([1.0, np.nan])],
+        "torch": torch.tensor([0.5, float("nan")]),
+        "point": _Point(float("-inf"), frozenset({"b", "a"})),
+        "colour": _Colour.RED,
+        1: None,
+        None: True,
+    }
+    plain = to_jsonable(obj)
+    assert plain == {
+        "nan": None,
+        "np": [None, None, [1.0, None]],
+        "torch": [0.5, None],
+        "point": {"x": None, "tags": ["a", "b"]},
+        "colour": "r",
+        "1": None,
+        "null": True,
+    }
+    assert type(to_jsonable(np.float64(0.25))) is float
+    json.dumps(plain, allow_nan=False)
+
+
+def test_json_keys_are_written_as_json_writes_them() -> None:
+    obj = {1: "a", 2.5: "b", False: "c", None: "d"}
+    assert list(to_jsonable(obj)) == list(json.loads(json.dumps(obj)))
+
+
+# --- atomic torch files, custom writers, directories ------------------------------------------
+
+
+def test_atomic_save_torch_round_trips_and_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    import torch
+
+    target = tmp_path / "ckpt" / "last.pt"
+    assert atomic_save_torch(target, {"step": 1, "w": torch.ones(3)}) == target
+    assert torch.load(target, weights_only=True)["step"] == 1
+
+    class Unpicklable:
+        def __reduce__(self) -> object:
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_save_torch(target, {"step": 2, "bad": Unpicklable()})
+    assert torch.load(target, weights_only=True)["step"] == 1
+    assert _leftovers(target.parent) == []
+
+
+def test_atomic_write_with_puts_the_hint_in_its_errors(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LmlabError, match=r"; set LMLAB_CACHE to a writable directory$"):
+        atomic_write_with(blocker / "x.bin", lambda f: f.write(b"x"),
+                          hint="set LMLAB_CACHE to a writable directory")
+
+    def disk_full(handle: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(LmlabError, match=r"cannot write .*No space left on device; try again"):
+        atomic_write_with(tmp_path / "y.bin", disk_full, hint="try again")
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "y.bin").exists()
+
+
+def test_atomic_directory_creates_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "model"
+    with atomic_directory(target) as work:
+        assert work.parent == target.parent and not target.exists()
+        (work / "a.txt").write_text("1")
+    assert (target / "a.txt").read_text() == "1"
+    with atomic_directory(target) as work:
+        (work / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
+
+
+def test_a_failed_directory_fill_keeps_the_old_one(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    with atomic_directory(target) as work:
+        (work / "a.txt").write_text("old")
+    with pytest.raises(ValueError, match="conversion failed"), atomic_directory(target) as work:
+        (work / "a.txt").write_text("half")
+        raise ValueError("conversion failed")
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_directory_removes_stale_temporaries(tmp_path: Path) -> None:
+    import os
+    import time
+
+    stale = tmp_path / ".model.123-deadbeef.tmp"
+    fresh = tmp_path / ".model.456-cafecafe.tmp"
+    for d in (stale, fresh):
+        d.mkdir()
+    old = time.time() - 7 * 3600
+    os.utime(stale, (old, old))
+    with atomic_directory(tmp_path / "model"):
+        pass
+    assert not stale.exists() and fresh.exists()
+
+
+def test_atomic_directory_errors_are_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LmlabError, match=r"^cannot create directory .*; set X$"), \
+            atomic_directory(blocker / "sub" / "model", hint="set X"):
+        pass

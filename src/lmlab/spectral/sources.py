@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 
 __all__ = ["LayerRef", "iter_layers", "layer_type_of", "describe_source"]
 
@@ -161,24 +161,19 @@ def _torch_store(path: Path) -> _TensorStore:
     except RuntimeError as e:
         if "mmap" not in str(e).lower():
             raise LmlabError(
-                f"cannot read {path}: {_first_line(e)}; the file is corrupt or not a torch "
+                f"cannot read {path}: {first_line(e)}; the file is corrupt or not a torch "
                 "checkpoint") from None
         try:  # legacy (non-zip) format cannot be memory-mapped
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e2:  # noqa: BLE001 - any failure here is a bad file
-            raise LmlabError(f"cannot read {path}: {_first_line(e2)}") from None
+            raise LmlabError(f"cannot read {path}: {first_line(e2)}") from None
     except Exception as e:  # noqa: BLE001 - pickle/zip errors of many kinds
         raise LmlabError(
-            f"cannot read {path}: {_first_line(e)}; the file is corrupt, truncated or not a "
+            f"cannot read {path}: {first_line(e)}; the file is corrupt, truncated or not a "
             "torch state dict (save model.state_dict(), not the pickled module)"
         ) from None
     sd = _unwrap_state_dict(obj, path)
     return _TensorStore({k: tuple(v.shape) for k, v in sd.items()}, lambda k: sd[k])
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _open_store(path: Path) -> tuple[_TensorStore, Path | None]:

@@ -46,16 +46,16 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.optimize import brentq
 
 from lmlab.errors import LmlabError
+from lmlab.runs.io import atomic_write_json
 
 from ._quadrature import linear_error
 from ._solver import BRANCHES, FixedPoint, TheoryParams, _check_alpha, _check_branch, solve_branch
@@ -87,27 +87,24 @@ def _cache_file(cache_dir: str | os.PathLike[str], params: TheoryParams) -> Path
     return Path(cache_dir) / f"attention_theory_{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
+def _nan_if_null(value: Any) -> Any:
+    """JSON's null back to NaN: lmlab writes a non-finite number as null (its NaN policy)."""
+    return math.nan if value is None else value
+
+
 def _load_cache(path: Path) -> dict[str, FixedPoint]:
     try:
         raw = json.loads(path.read_text())
         names = {f.name for f in fields(FixedPoint)}
-        return {k: FixedPoint(**{n: v[n] for n in names}) for k, v in raw["points"].items()}
+        return {k: FixedPoint(**{n: _nan_if_null(v[n]) for n in names})
+                for k, v in raw["points"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         return {}                              # missing or unreadable: recompute
 
 
 def _save_cache(path: Path, params: TheoryParams, points: dict[str, FixedPoint]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"params": asdict(params),
-                       "points": {k: asdict(v) for k, v in sorted(points.items())}}, indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)                  # atomic
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, {"params": asdict(params),
+                             "points": {k: asdict(v) for k, v in sorted(points.items())}})
 
 
 def solve_curve(alphas: Sequence[float], params: TheoryParams = _DEFAULT,
