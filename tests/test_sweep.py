@@ -140,9 +140,10 @@ def test_corrupt_middle_line_is_skipped_with_a_warning(tmp_path: Path) -> None:
     path = store / STORE_FILE
     first, second = path.read_text().splitlines()
     path.write_text(f"{first[:10]}\n{second}\n")
-    with pytest.warns(UserWarning, match="corrupt line 1"):
+    with pytest.warns(UserWarning, match="corrupt line 1") as caught:
         table = run_sweep(probe, cells, store=store, progress=False)
     assert table["x"].tolist() == [0, 0, 1, 1]
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]  # at the caller
 
 
 def test_failed_cell_is_named_and_earlier_cells_are_stored(tmp_path: Path) -> None:
@@ -246,3 +247,35 @@ def test_check_available_names_the_missing_ray(monkeypatch: pytest.MonkeyPatch) 
     SweepConfig(backend="process").check_available()  # nothing to import
     with pytest.raises(LmlabError, match=r"pip install 'ray\[default\]'"):
         SweepConfig(backend="ray").check_available()
+
+
+def keys_written_before(cell: object) -> str:
+    """The key as lmlab wrote it before the one normaliser: stores stay valid."""
+    import dataclasses
+    import hashlib
+
+    plain = dataclasses.asdict(cell) if dataclasses.is_dataclass(cell) else cell
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def test_cell_keys_are_unchanged_for_stored_sweeps() -> None:
+    for cell in [Cell(1), Cell(3, n=2, sleep=0.5), {"lr": 0.1, "widths": [1, 2], "name": "é"}]:
+        assert cell_key(cell) == keys_written_before(cell)
+    assert cell_key({"lr": 0.1, "seed": 0, "widths": (1, 2), "p": Path("/a")}) == "03ef684346be"
+    assert cell_key({"tags": {"b", "a"}}) == cell_key({"tags": ["a", "b"]})  # sets: sorted
+
+
+def non_finite(cell: int) -> dict[str, object]:
+    return {"x": cell, "y": float("nan") if cell else 1.5, "z": np.float64("inf"),
+            "v": np.array([1.0, np.nan])}
+
+
+def test_non_finite_values_follow_the_one_nan_policy(tmp_path: Path) -> None:
+    table = run_sweep(non_finite, [0, 1], store=tmp_path, progress=False)
+    assert table["y"].dtype == float and table["y"].isna().tolist() == [False, True]
+    assert table["z"].isna().all() and table["v"].tolist() == [[1.0, None], [1.0, None]]
+    for line in (tmp_path / STORE_FILE).read_text().splitlines():  # strict JSON, NaN as null
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    again = run_sweep(non_finite, [0, 1], store=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(again, table)

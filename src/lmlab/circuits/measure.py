@@ -60,7 +60,7 @@ from lmlab.circuits.subspace import (
     rotary_R,
     token_mismatch,
 )
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 
 __all__ = [
     "ERR_COLUMNS",
@@ -228,7 +228,7 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise LmlabError(f"cannot load checkpoint {path}: {exc}".splitlines()[0]) from None
+        raise LmlabError(f"cannot load checkpoint {path}: {first_line(exc)}") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LmlabError(f"{path} is not a state_dict of tensors")
     return dict(sd)
@@ -250,53 +250,83 @@ def load_run(run_dir: str | Path, *, grid: int | None = None) -> RunWeights:
             match the architecture (the message names the keys); an unreadable file.
     """
     root = Path(run_dir)
+    found = _find_checkpoints(root)
+    cfg_path = root / "config.json"
+    has_config = cfg_path.is_file()
+    config: dict[str, Any] = _read_json(cfg_path) if has_config else {}
+    steps = sorted(found)
+    params = _stack_checkpoints(root, [found[step] for step in steps], config)
+    V, d = params["embed.embed.weight"].shape[1:]
+    for key, size in (("d_model", d), ("vocab_size", V)):
+        if key in config and int(config[key]) != size:
+            raise LmlabError(f"config.json says {key}={config[key]} but embed.embed.weight "
+                             f"is {V}×{d}")
+    absent = _missing_checkpoints(config, found, grid)
+    err_path = root / "err_arr.json"
+    err = _read_err(err_path) if err_path.is_file() else None
+    missing = [*absent,
+               *([] if has_config else ["config.json"]),
+               *([] if err is not None else ["err_arr.json"])]
+    return RunWeights(np.asarray(steps, dtype=np.int64), params, config, err, missing, root)
+
+
+def _find_checkpoints(root: Path) -> dict[int, Path]:
+    """Step → ``ckpt_{step}.pt`` of a run directory, raising LmlabError when there are none."""
     if not root.is_dir():
         raise LmlabError(f"no such run directory: {root}")
     found = {int(m.group(1)): p for p in root.iterdir() if (m := _CKPT_RE.match(p.name))}
     if not found:
         raise LmlabError(f"no checkpoints ckpt_<step>.pt in {root}")
-    missing: list[str] = []
-    cfg_path = root / "config.json"
-    config: dict[str, Any] = {}
-    if cfg_path.is_file():
-        config = _read_json(cfg_path)
-    else:
-        missing.append("config.json")
-    steps = sorted(found)
-    first = _load_state_dict(found[steps[0]])
+    return found
+
+
+def _stack_checkpoints(root: Path, paths: list[Path],
+                       config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Load the checkpoints in order and stack each key into a ``(N, *shape)`` array.
+
+    The architecture (layers, vocabulary, width) is read from ``config`` and the first
+    checkpoint; every checkpoint must have exactly its keys and shapes.
+    """
+    first = _load_state_dict(paths[0])
     n_layers = int(config.get("num_layers") or sum(k.endswith(".mha.W_q.weight") for k in first))
     emb = first.get("embed.embed.weight")
     V, d = tuple(emb.shape) if emb is not None and emb.ndim == 2 else (64, 64)
     expected = checkpoint_shapes(V, d, n_layers)
     stacks: dict[str, list[np.ndarray]] = {k: [] for k in expected}
-    for step in steps:
-        path = found[step]
-        sd = first if step == steps[0] else _load_state_dict(path)
-        lost, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-        if lost or extra:
-            raise LmlabError(f"{path.name} in {root} does not match a {n_layers}-layer rotary "
-                             f"attention-only TFModel: missing keys {lost}, "
-                             f"unexpected keys {extra}")
-        for key, shape in expected.items():
-            if tuple(sd[key].shape) != shape:
-                raise LmlabError(f"{path.name}: {key} has shape {tuple(sd[key].shape)}, "
-                                 f"expected {shape}")
+    for i, path in enumerate(paths):
+        sd = first if i == 0 else _load_state_dict(path)
+        _check_state_dict(sd, expected, path, root, n_layers)
+        for key in expected:
             stacks[key].append(sd[key].detach().numpy())
-    for key, size in (("d_model", d), ("vocab_size", V)):
-        if key in config and int(config[key]) != size:
-            raise LmlabError(f"config.json says {key}={config[key]} but embed.embed.weight "
-                             f"is {V}×{d}")
+    return {k: np.stack(v) for k, v in stacks.items()}
+
+
+def _check_state_dict(sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
+                      path: Path, root: Path, n_layers: int) -> None:
+    """Raise LmlabError naming the keys or the shape by which ``sd`` differs from ``expected``."""
+    lost, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    if lost or extra:
+        raise LmlabError(f"{path.name} in {root} does not match a {n_layers}-layer rotary "
+                         f"attention-only TFModel: missing keys {lost}, "
+                         f"unexpected keys {extra}")
+    for key, shape in expected.items():
+        if tuple(sd[key].shape) != shape:
+            raise LmlabError(f"{path.name}: {key} has shape {tuple(sd[key].shape)}, "
+                             f"expected {shape}")
+
+
+def _missing_checkpoints(config: Mapping[str, Any], found: Mapping[int, Path],
+                         grid: int | None) -> list[str]:
+    """The grid checkpoints ``ckpt_{k}.pt`` absent from ``found``.
+
+    The grid is ``0, grid, 2·grid, …`` up to ``num_epoch`` or the last step found, whichever is
+    later; ``grid`` defaults to ``num_epoch // n_save`` from the config, else 200.
+    """
     if grid is None:
         ne, ns = config.get("num_epoch"), config.get("n_save")
         grid = int(ne) // int(ns) if ne and ns and int(ne) >= int(ns) else 200
-    end = max(int(config.get("num_epoch") or 0), steps[-1])
-    missing[:0] = [f"ckpt_{k}.pt" for k in range(0, end + 1, grid) if k not in found]
-    err_path = root / "err_arr.json"
-    err = _read_err(err_path) if err_path.is_file() else None
-    if err is None:
-        missing.append("err_arr.json")
-    params = {k: np.stack(v) for k, v in stacks.items()}
-    return RunWeights(np.asarray(steps, dtype=np.int64), params, config, err, missing, root)
+    end = max(int(config.get("num_epoch") or 0), max(found))
+    return [f"ckpt_{k}.pt" for k in range(0, end + 1, grid) if k not in found]
 
 
 def _validate(cfg: MeasureConfig, w: RunWeights) -> None:
@@ -321,6 +351,44 @@ def _svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return u, s, vh
 
 
+class _Circuits:
+    """The float64 circuits of every checkpoint and the SVDs that the statistics share.
+
+    Attributes:
+        d: ``d_model``.
+        theta: the rotary base.
+        E: ``(N, V, d)`` embeddings (centred per token with ``layernorm="fold"``).
+        W_qk: ``(N, d, d)`` ``W_qk`` at ``cfg.rel_dist``; :meth:`qk` gives it at any distance.
+        W_ov: ``(N, d, d)`` ``W_o W_v``.
+        U_qk, S_qk, Vh_qk, U_ov, S_ov, Vh_ov, S_E, Vh_E: the batched SVDs of those stacks.
+    """
+
+    def __init__(self, cfg: MeasureConfig, w: RunWeights) -> None:
+        f64 = np.float64
+        d, L_ov, L_qk = w.d_model, cfg.layers[0], cfg.layers[1]
+        self.d, self.r_sign = d, cfg.r_sign
+        self.theta = float(cfg.rotary_theta or w.config.get("rotary_theta") or 10000.0)
+        E = w.E.astype(f64)                                       # (N, V, d)
+        Wq, Wk = w.weight(L_qk, "q").astype(f64), w.weight(L_qk, "k").astype(f64)
+        Wv, Wo = w.weight(L_ov, "v").astype(f64), w.weight(L_ov, "o").astype(f64)
+        if cfg.layernorm == "fold":
+            g1 = w.params[f"h.{L_qk}.ln_1.weight"].astype(f64)[:, None, :]   # (N, 1, d)
+            g0 = w.params[f"h.{L_ov}.ln_1.weight"].astype(f64)[:, None, :]
+            Wq, Wk, Wv = Wq * g1, Wk * g1, Wv * g0                # W diag(γ): scale the columns
+            E = E - E.mean(axis=-1, keepdims=True)
+        self.E, self.WqT, self.Wk = E, np.swapaxes(Wq, -1, -2), Wk
+        self.W_ov = Wo @ Wv                                       # (N, d, d)
+        self.W_qk = self.qk(cfg.rel_dist)
+        self.U_qk, self.S_qk, self.Vh_qk = _svd(self.W_qk)
+        self.U_ov, self.S_ov, self.Vh_ov = _svd(self.W_ov)
+        _, self.S_E, self.Vh_E = _svd(E)
+
+    def qk(self, t: int) -> np.ndarray:
+        """``(N, d, d)`` ``W_qk`` at relative distance ``t``."""
+        R = rotary_R(self.d, t, self.theta, self.r_sign)
+        return self.WqT @ R @ self.Wk / math.sqrt(self.d)
+
+
 def measure_run(run: str | Path | RunWeights, cfg: MeasureConfig | None = None, *,
                 baseline_cache_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per checkpoint step with every circuit statistic (see the module docstring).
@@ -337,66 +405,70 @@ def measure_run(run: str | Path | RunWeights, cfg: MeasureConfig | None = None, 
     cfg = cfg or MeasureConfig()
     w = run if isinstance(run, RunWeights) else load_run(run)
     _validate(cfg, w)
-    f64 = np.float64
-    d, L_ov, L_qk = w.d_model, cfg.layers[0], cfg.layers[1]
-    theta = float(cfg.rotary_theta or w.config.get("rotary_theta") or 10000.0)
-    E = w.E.astype(f64)                                       # (N, V, d)
-    Wq, Wk = w.weight(L_qk, "q").astype(f64), w.weight(L_qk, "k").astype(f64)
-    Wv, Wo = w.weight(L_ov, "v").astype(f64), w.weight(L_ov, "o").astype(f64)
-    if cfg.layernorm == "fold":
-        g1 = w.params[f"h.{L_qk}.ln_1.weight"].astype(f64)[:, None, :]   # (N, 1, d)
-        g0 = w.params[f"h.{L_ov}.ln_1.weight"].astype(f64)[:, None, :]
-        Wq, Wk, Wv = Wq * g1, Wk * g1, Wv * g0                # W diag(γ): scale the columns
-        E = E - E.mean(axis=-1, keepdims=True)
-    WqT = np.swapaxes(Wq, -1, -2)
-
-    def qk(t: int) -> np.ndarray:
-        return WqT @ rotary_R(d, t, theta, cfg.r_sign) @ Wk / math.sqrt(d)   # (N, d, d)
-
-    W_ov = Wo @ Wv                                            # (N, d, d)
-    W_qk = qk(cfg.rel_dist)
-    U_qk, S_qk, Vh_qk = _svd(W_qk)
-    U_ov, S_ov, Vh_ov = _svd(W_ov)
-    _, S_E, Vh_E = _svd(E)
+    c = _Circuits(cfg, w)
     cols: dict[str, Any] = {"step": w.steps}
-    conventions = {"rel_dist": cfg.rel_dist, "r_sign": cfg.r_sign,
-                   "argmax_axis": cfg.argmax_axis, "layernorm": cfg.layernorm,
-                   "method": cfg.method, "rotary_theta": theta}
-    cols.update(conventions)
-    ranks = list(cfg.ranks)
-    curves = {"match": Vh_qk @ U_ov, "emb_ov_match": Vh_E @ U_ov}
-    if cfg.outer:
-        curves["outer_match"] = Vh_ov @ U_qk
-    for name, C in curves.items():
-        vals = matching_curve(C, ranks, cfg.method)
-        cols.update({f"{name}_r{r}": vals[:, i] for i, r in enumerate(ranks)})
-    base = random_baseline(d, ranks, cfg.baseline_draws, cfg.baseline_seed, baseline_cache_dir,
-                           method=cfg.method)
-    cols.update({f"baseline_r{r}": np.full(len(w), base[i]) for i, r in enumerate(ranks)})
-    cols["zscore"] = diagonal_zscore(W_qk @ W_ov)
-    cols["mismatch"] = token_mismatch(E, W_qk, W_ov, cfg.argmax_axis)
-    for k in cfg.screenot_k:
-        for name, S, shape in (("qk", S_qk, (d, d)), ("ov", S_ov, (d, d)), ("E", S_E, E.shape[1:])):
-            _, rank = screenot_from_singular_values(S, (int(shape[0]), int(shape[1])), k,
-                                                    cfg.screenot_strategy)
-            cols[f"rank_{name}_k{k}"] = rank
-    s = cfg.sweep_rank
-    for t in cfg.rel_dists:
-        Wt = W_qk if t == cfg.rel_dist else qk(t)
-        Vh_t = Vh_qk if t == cfg.rel_dist else np.linalg.svd(Wt)[2]
-        cols[f"zscore_rd{t}"] = diagonal_zscore(Wt @ W_ov)
-        cols[f"match_r{s}_rd{t}"] = matching_curve(Vh_t @ U_ov, [s], cfg.method)[:, 0]
-        cols[f"mismatch_rd{t}"] = token_mismatch(E, Wt, W_ov, cfg.argmax_axis)
-    epochs = w.steps - 1
-    for c in ERR_COLUMNS:
-        if w.err is not None and c in w.err:
-            cols[c] = w.err[c].reindex(epochs).to_numpy(dtype=f64)
-        else:
-            cols[c] = np.full(len(w), np.nan)
+    cols.update({"rel_dist": cfg.rel_dist, "r_sign": cfg.r_sign,
+                 "argmax_axis": cfg.argmax_axis, "layernorm": cfg.layernorm,
+                 "method": cfg.method, "rotary_theta": c.theta})
+    cols.update(_matching_columns(cfg, c, len(w), baseline_cache_dir))
+    cols["zscore"] = diagonal_zscore(c.W_qk @ c.W_ov)
+    cols["mismatch"] = token_mismatch(c.E, c.W_qk, c.W_ov, cfg.argmax_axis)
+    cols.update(_rank_columns(cfg, c))
+    cols.update(_rel_dist_columns(cfg, c))
+    cols.update(_err_columns(w))
     df = pd.DataFrame(cols)
     df.attrs.update(measure_config=asdict(cfg), missing=list(w.missing),
                     run_dir=str(w.run_dir) if w.run_dir else None)
     return df
+
+
+def _matching_columns(cfg: MeasureConfig, c: _Circuits, n: int,
+                      baseline_cache_dir: str | Path | None) -> dict[str, Any]:
+    """``match_r{r}``, ``emb_ov_match_r{r}``, ``outer_match_r{r}`` and ``baseline_r{r}``."""
+    cols: dict[str, Any] = {}
+    ranks = list(cfg.ranks)
+    curves = {"match": c.Vh_qk @ c.U_ov, "emb_ov_match": c.Vh_E @ c.U_ov}
+    if cfg.outer:
+        curves["outer_match"] = c.Vh_ov @ c.U_qk
+    for name, C in curves.items():
+        vals = matching_curve(C, ranks, cfg.method)
+        cols.update({f"{name}_r{r}": vals[:, i] for i, r in enumerate(ranks)})
+    base = random_baseline(c.d, ranks, cfg.baseline_draws, cfg.baseline_seed, baseline_cache_dir,
+                           method=cfg.method)
+    cols.update({f"baseline_r{r}": np.full(n, base[i]) for i, r in enumerate(ranks)})
+    return cols
+
+
+def _rank_columns(cfg: MeasureConfig, c: _Circuits) -> dict[str, Any]:
+    """ScreeNOT ranks ``rank_{qk,ov,E}_k{k}`` for every ``k`` in ``cfg.screenot_k``."""
+    cols: dict[str, Any] = {}
+    for k in cfg.screenot_k:
+        for name, S, shape in (("qk", c.S_qk, (c.d, c.d)), ("ov", c.S_ov, (c.d, c.d)),
+                               ("E", c.S_E, c.E.shape[1:])):
+            _, rank = screenot_from_singular_values(S, (int(shape[0]), int(shape[1])), k,
+                                                    cfg.screenot_strategy)
+            cols[f"rank_{name}_k{k}"] = rank
+    return cols
+
+
+def _rel_dist_columns(cfg: MeasureConfig, c: _Circuits) -> dict[str, Any]:
+    """``zscore_rd{t}``, ``match_r{s}_rd{t}`` and ``mismatch_rd{t}`` for ``t`` in ``rel_dists``."""
+    cols: dict[str, Any] = {}
+    s = cfg.sweep_rank
+    for t in cfg.rel_dists:
+        Wt = c.W_qk if t == cfg.rel_dist else c.qk(t)
+        Vh_t = c.Vh_qk if t == cfg.rel_dist else np.linalg.svd(Wt)[2]
+        cols[f"zscore_rd{t}"] = diagonal_zscore(Wt @ c.W_ov)
+        cols[f"match_r{s}_rd{t}"] = matching_curve(Vh_t @ c.U_ov, [s], cfg.method)[:, 0]
+        cols[f"mismatch_rd{t}"] = token_mismatch(c.E, Wt, c.W_ov, cfg.argmax_axis)
+    return cols
+
+
+def _err_columns(w: RunWeights) -> dict[str, np.ndarray]:
+    """The ``ERR_COLUMNS`` of ``err_arr.json`` at ``epoch = step − 1`` (NaN where absent)."""
+    epochs, err = w.steps - 1, w.err
+    return {c: err[c].reindex(epochs).to_numpy(dtype=np.float64)
+            if err is not None and c in err else np.full(len(w), np.nan) for c in ERR_COLUMNS}
 
 
 def measure_runs(run_dirs: Mapping[str, str | Path | RunWeights],

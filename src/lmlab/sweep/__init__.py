@@ -7,10 +7,11 @@ column, in the order of the cells. With a ``store`` directory each finished cell
 once to ``store/cells.jsonl`` (flushed and fsynced), so an interrupted sweep loses only the cells
 that were running, and a rerun computes only the cells that are not stored yet.
 
-Row values should be JSON scalars or lists: every row goes through JSON (NumPy and torch values
-become numbers or lists, tuples lists, unknown objects strings; NaN and infinities are kept, as
-JSON's ``NaN``/``Infinity`` extension), so a table is the same whether its cells were computed
-now or read back from the store.
+Row values should be JSON scalars or lists: every row goes through
+:func:`lmlab.runs.io.to_jsonable` (NumPy and torch values become numbers or lists, tuples
+lists, unknown objects strings; NaN and infinities become ``None``, lmlab's one NaN policy, and
+so NaN in a numeric column of the table), so a table is the same whether its cells were
+computed now or read back from the store.
 
 >>> import tempfile
 >>> def square(cell):  # process and ray workers need a function defined in a module
@@ -32,12 +33,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from lmlab.errors import LmlabError
+from lmlab.runs.io import to_jsonable
 from lmlab.sweep._backends import RAY_HINT as RAY_HINT
-from lmlab.sweep._backends import _json_default, _one_line, _open_pool, _Outcome, _Pool
+from lmlab.sweep._backends import _one_line, _open_pool, _Outcome, _Pool
 from lmlab.sweep._store import STORE_FILE as STORE_FILE
 from lmlab.sweep._store import _Store
 
@@ -114,7 +116,8 @@ def cell_key(cell: Any) -> str:
     """The default key of a cell: 12 hex digits of the SHA-256 of its canonical JSON.
 
     The JSON is ``dataclasses.asdict(cell)`` for a dataclass, the mapping itself for a dict,
-    with sorted keys; so equal configs get equal keys in every process and every run.
+    normalised by :func:`lmlab.runs.io.to_jsonable` and written with sorted keys; so equal
+    configs get equal keys in every process and every run.
 
     Args:
         cell: A dataclass instance, a dict, or any JSON-able value.
@@ -133,8 +136,9 @@ def cell_key(cell: Any) -> str:
     is_instance = dataclasses.is_dataclass(cell) and not isinstance(cell, type)
     plain = dataclasses.asdict(cell) if is_instance else cell
     try:
-        text = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=_json_default)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(to_jsonable(plain), sort_keys=True, separators=(",", ":"),
+                          allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise LmlabError(
             f"cannot make a key for cell {_short(cell)}: {exc}; pass key= to run_sweep"
         ) from None
@@ -230,14 +234,35 @@ def run_sweep(
     [['x1', 0, 2], ['x1', 1, 2], ['x5', 0, 10], ['x5', 1, 10]]
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
+    _check_options(cfg, on_error)
+    cells = list(cells)
+    keys = _distinct_keys(cells, key)
+    sink = _Store(store) if store is not None else None
+    try:
+        results = _stored_results(sink, keys)
+        todo = [(k, cell) for k, cell in zip(keys, cells, strict=True) if k not in results]
+        bar = _progress_bar(len(cells), len(results), desc, progress)
+        collector = _Collector(results, sink, bar, record=on_error == "record")
+        _compute(fn, cfg, todo, collector)
+    finally:
+        if sink is not None:
+            sink.close()
+    if collector.failures:
+        _raise_failure(collector.failures, cells, keys, len(results), sink)
+    return _table(pd, keys, results, record=on_error == "record")
+
+
+def _check_options(cfg: SweepConfig, on_error: str) -> None:
     if not isinstance(cfg, SweepConfig):
         raise TypeError(f"cfg must be a SweepConfig, got {type(cfg).__name__}")
     cfg.validate()
     if on_error not in ("raise", "record"):
         raise LmlabError(f"on_error must be 'raise' or 'record', got {on_error!r}")
-    cells = list(cells)
+
+
+def _distinct_keys(cells: list[Any], key: Callable[[Any], str] | None) -> list[str]:
+    """Every cell's key, raising LmlabError on the first two cells that share one."""
     keys = [_key_of(cell, key) for cell in cells]
     seen: dict[str, int] = {}
     for i, k in enumerate(keys):
@@ -247,58 +272,7 @@ def run_sweep(
                 "make the cells distinct or pass a key= that tells them apart"
             )
         seen[k] = i
-
-    results: dict[str, list[dict[str, Any]]] = {}
-    failures: list[tuple[str, _Outcome]] = []
-    failed = 0
-    sink = _Store(store) if store is not None else None
-    try:
-        if sink is not None:
-            sink.lock()
-            stored = sink.load()
-            results.update((k, stored[k]) for k in keys if k in stored)
-        todo = [(k, cell) for k, cell in zip(keys, cells, strict=True) if k not in results]
-        bar = tqdm(total=len(cells), initial=len(results), desc=desc, unit="cell",
-                   disable=not progress, dynamic_ncols=True)
-
-        def finish(k: str, outcome: _Outcome) -> bool:
-            nonlocal failed
-            bar.update(1)
-            if outcome.rows is not None:
-                if sink is not None:
-                    sink.append(k, outcome.rows, outcome.seconds)
-                results[k] = outcome.rows
-                return True
-            failed += 1
-            if on_error == "record":
-                results[k] = [{"error": outcome.error}]
-                bar.set_postfix(failed=failed)
-                return True
-            failures.append((k, outcome))
-            return False
-
-        try:
-            if todo:
-                with _open_pool(fn, cfg, len(todo)) as pool:
-                    _drive(pool, todo, finish)
-                    bar.close()  # before the pool shuts down, so the bar's time is the work's
-        finally:
-            bar.close()
-    finally:
-        if sink is not None:
-            sink.close()
-    if failures:
-        key0, outcome = failures[0]
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        kept = (
-            f"; {len(results)} finished cells are stored in {sink.directory}: rerun to resume"
-            if sink is not None
-            else ""
-        )
-        raise LmlabError(
-            f"cell {key0} = {_short(cells[seen[key0]])} failed: {outcome.error}{more}{kept}"
-        ) from _CellTraceback(outcome.traceback or outcome.error)
-    return _table(pd, keys, results, record=on_error == "record")
+    return keys
 
 
 def _key_of(cell: Any, key: Callable[[Any], str] | None) -> str:
@@ -308,6 +282,92 @@ def _key_of(cell: Any, key: Callable[[Any], str] | None) -> str:
     if not isinstance(k, str) or not k:
         raise LmlabError(f"key() must return a non-empty string, got {k!r} for {_short(cell)}")
     return k
+
+
+def _stored_results(sink: _Store | None, keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Lock the store and read back the rows of the cells of this sweep that it holds."""
+    if sink is None:
+        return {}
+    sink.lock()
+    stored = sink.load()
+    return {k: stored[k] for k in keys if k in stored}
+
+
+def _progress_bar(total: int, initial: int, desc: str, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="cell", disable=not progress,
+                dynamic_ncols=True)
+
+
+@dataclass
+class _Collector:
+    """Takes each finished cell: ticks the bar, keeps and stores its rows, or notes the failure.
+
+    Attributes:
+        results: Cell key -> rows, filled in as cells finish (failed cells too with ``record``).
+        sink: The store that finished cells are appended to, if any.
+        bar: The progress bar.
+        record: Give a failed cell an ``error`` row and go on (else note it and stop).
+        failures: Failed cells and their outcomes, in the order they failed (without ``record``).
+        failed: How many cells failed.
+    """
+
+    results: dict[str, list[dict[str, Any]]]
+    sink: _Store | None
+    bar: Any
+    record: bool
+    failures: list[tuple[str, _Outcome]] = field(default_factory=list)
+    failed: int = 0
+
+    def finish(self, k: str, outcome: _Outcome) -> bool:
+        """Take the outcome of cell ``k``; False when no new cell should start."""
+        self.bar.update(1)
+        if outcome.rows is not None:
+            if self.sink is not None:
+                self.sink.append(k, outcome.rows, outcome.seconds)
+            self.results[k] = outcome.rows
+            return True
+        self.failed += 1
+        if self.record:
+            self.results[k] = [{"error": outcome.error}]
+            self.bar.set_postfix(failed=self.failed)
+            return True
+        self.failures.append((k, outcome))
+        return False
+
+
+def _compute(
+    fn: Callable[[Any], Any], cfg: SweepConfig, todo: list[tuple[str, Any]], collector: _Collector
+) -> None:
+    """Run the cells of ``todo`` on the backend's pool, handing each outcome to ``collector``."""
+    try:
+        if todo:
+            with _open_pool(fn, cfg, len(todo)) as pool:
+                _drive(pool, todo, collector.finish)
+                collector.bar.close()  # before the pool shuts down, so the bar's time is the work's
+    finally:
+        collector.bar.close()
+
+
+def _raise_failure(
+    failures: list[tuple[str, _Outcome]],
+    cells: list[Any],
+    keys: list[str],
+    n_finished: int,
+    sink: _Store | None,
+) -> NoReturn:
+    """Raise the one-line LmlabError of the first failed cell, its traceback as the cause."""
+    key0, outcome = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    kept = (
+        f"; {n_finished} finished cells are stored in {sink.directory}: rerun to resume"
+        if sink is not None
+        else ""
+    )
+    raise LmlabError(
+        f"cell {key0} = {_short(cells[keys.index(key0)])} failed: {outcome.error}{more}{kept}"
+    ) from _CellTraceback(outcome.traceback or outcome.error)
 
 
 def _table(

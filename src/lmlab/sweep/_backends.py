@@ -8,9 +8,6 @@ import them as ``lmlab.sweep._backends``; ray is imported only when the ray back
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
-import json
 import os
 import sys
 import time
@@ -19,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from lmlab.errors import LmlabError
+from lmlab.runs.io import to_jsonable
 
 if TYPE_CHECKING:
     from lmlab.sweep import SweepConfig
@@ -33,24 +31,7 @@ _THREAD_VARS = (
 )
 
 
-# --- JSON and error lines ---------------------------------------------------------------------
-
-
-def _json_default(obj: Any) -> Any:
-    """Plain values for what ``json`` does not know (used by keys and by stored rows)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    if hasattr(obj, "tolist") and callable(obj.tolist):  # NumPy / torch arrays and scalars
-        return obj.tolist()
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return str(obj)
+# --- error lines ------------------------------------------------------------------------------
 
 
 def _one_line(exc: BaseException) -> str:
@@ -80,7 +61,7 @@ def _as_rows(result: Any) -> list[dict[str, Any]]:
         raise TypeError(f"fn must return a dict or a list of dicts, got {type(result).__name__}")
     if any("cell" in row for row in rows):
         raise ValueError("fn returned a 'cell' column; run_sweep reserves it for the cell key")
-    plain: list[dict[str, Any]] = json.loads(json.dumps(rows, default=_json_default))
+    plain: list[dict[str, Any]] = to_jsonable(rows)
     return plain
 
 

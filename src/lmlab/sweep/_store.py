@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
+from lmlab.runs.io import _fsync_dir, to_jsonable
 
 STORE_FILE = "cells.jsonl"
 
@@ -75,22 +76,21 @@ class _Store:
             except (ValueError, TypeError, KeyError):
                 warnings.warn(
                     f"skipped corrupt line {number} of {self.path}; that cell will be recomputed",
-                    stacklevel=3,
+                    stacklevel=4,  # load <- _stored_results <- run_sweep <- its caller
                 )
                 continue
             done[key] = rows
         return done
 
     def append(self, key: str, rows: list[dict[str, Any]], seconds: float) -> None:
-        line = json.dumps({"key": key, "seconds": round(seconds, 6), "rows": rows}) + "\n"
+        record = to_jsonable({"key": key, "seconds": round(seconds, 6), "rows": rows})
+        line = json.dumps(record, allow_nan=False) + "\n"
         data = line.encode("utf-8")
         try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
                 if self._good_size is not None:  # drop the torn last line before appending
                     os.ftruncate(self._fd, self._good_size)
-                from lmlab.runs.io import _fsync_dir
-
                 _fsync_dir(self.directory)
             while data:
                 data = data[os.write(self._fd, data) :]
