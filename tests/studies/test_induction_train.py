@@ -58,6 +58,8 @@ def test_files_and_schema(straight: tuple[Path, dict]) -> None:
         assert tokens.dtype == torch.int64
         assert L is None or (lens == L).all()
 
+    train_state = torch.load(out / "train_state.pt", weights_only=True)  # no pickled objects
+    assert train_state["step"] == 40 and set(train_state["rng"]["generators"]) == {"train"}
     state = torch.load(out / "ckpt_40.pt")
     assert list(state) == list(TFModel().state_dict())
     assert torch.equal(state["fc.weight"], torch.load(out / "ckpt.pt")["fc.weight"])
@@ -162,7 +164,7 @@ def test_nan_loss_names_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             return out * float("nan") if self.training else out
 
     monkeypatch.setattr(induction_train, "TFModel", Broken)
-    with pytest.raises(LmlabError, match="at step 1 of setting nan"):
+    with pytest.raises(LmlabError, match="of setting nan became nan at step 1 .*; lower lr"):
         train_setting(TrainSetting("nan", pool_size=None, steps=2, save_every=2, eval_cheap=5,
                                    eval_full=5), tmp_path)
 
@@ -195,4 +197,16 @@ def test_resume_without_its_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     train_setting(setting, tmp_path, stop_after=2)
     (tmp_path / "ckpt_2.pt").unlink()
     with pytest.raises(LmlabError, match="cannot resume .* at step 2"):
+        train_setting(setting, tmp_path)
+
+
+def test_a_train_state_of_the_older_layout_is_a_clear_error(tmp_path: Path) -> None:
+    setting = TrainSetting("o", pool_size=None, steps=4, save_every=2, eval_cheap=5,
+                           eval_full=5)
+    train_setting(setting, tmp_path, stop_after=2)
+    state = torch.load(tmp_path / "train_state.pt")
+    old = {k: v for k, v in state.items() if k != "rng"}
+    torch.save({**old, "numpy_rng": {}, "torch_rng": torch.get_rng_state()},
+               tmp_path / "train_state.pt")
+    with pytest.raises(LmlabError, match=r"train_state.pt lacks rng: .*delete it to start over"):
         train_setting(setting, tmp_path)

@@ -22,9 +22,11 @@ Files in ``out_dir`` (names and keys as the authors', so their notebook code rea
   ``loss_train = err_train = null``: there is no training batch yet). The authors evaluated
   the full sets after every step, which costs ~5 s per step on a CPU;
 * ``test.pth`` / ``test_ood.pth``: ``[tokens, lens, starts]`` int64 tensors;
-* ``train_state.pt``: optimiser, scheduler, random states and step at the last checkpoint. A
+* ``train_state.pt``: optimiser, scheduler, random states and step at the last checkpoint
+  (written by the training core, :mod:`lmlab.train.core`; tensors and plain values only). A
   second call on the same ``out_dir`` resumes from there and ends with the same weights as an
-  uninterrupted run; a finished run is not trained again.
+  uninterrupted run; a finished run is not trained again. A ``train_state.pt`` written before
+  this layout is refused (delete it, or the run directory, to start over).
 
 Seeds: ``seed`` seeds the model initialisation and dropout (torch) and, through independent
 NumPy streams, the pattern pool, the ID test set, the OOD test set and the training batches.
@@ -43,7 +45,6 @@ NumPy streams, the pattern pool, the ID test set, the OOD test set and the train
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -56,11 +57,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from lmlab.config import config_diff
 from lmlab.data.copying import CopyTask, copy_mask, error_rate, make_pool, sample_batch
 from lmlab.errors import LmlabError
 from lmlab.models.rotary_tf import RotaryConfig, TFModel, load_state
-from lmlab.runs.io import atomic_write_bytes, atomic_write_json
+from lmlab.runs.io import atomic_save_torch, atomic_write_json
 from lmlab.runtime import limit_threads
+from lmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lmlab.train.core import TrainParts, check_finite, check_finite_weights, progress_bar
 
 __all__ = ["ERR_KEYS", "PAPER_SETTINGS", "TrainSetting", "run_config", "train_setting"]
 
@@ -227,12 +231,6 @@ def run_config(setting: TrainSetting, out_dir: str | os.PathLike[str]) -> dict[s
     }
 
 
-def _torch_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
 class _EvalSet:
     """A fixed test set as tensors, with both masks."""
 
@@ -285,20 +283,138 @@ def _entry(epoch: int, model: TFModel, train: _EvalSet | None, test: _EvalSet, o
     return entry
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted((set(old) | set(new)) - {"out_dir"})
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+class _Run:
+    """One call of :func:`train_setting`: its step and its evaluation; checkpoints, random
+    states, the NaN guard and the progress bar are the training core's
+    (:mod:`lmlab.train.core`)."""
 
+    def __init__(self, setting: TrainSetting, out: Path) -> None:
+        self.setting, self.out, self.task = setting, out, setting.resolved_task
+        self.config = run_config(setting, out)
+        pool_ss, test_ss, ood_ss, train_ss = np.random.SeedSequence(setting.seed).spawn(4)
+        task = self.task
+        self.pool = make_pool(task, np.random.default_rng(pool_ss)) if task.pool_size else None
+        self.test_np = sample_batch(task, setting.eval_full, np.random.default_rng(test_ss),
+                                    pool=self.pool)
+        self.ood_np = sample_batch(task, setting.eval_full, np.random.default_rng(ood_ss),
+                                   ood=True)
+        self.test, self.ood = _EvalSet(*self.test_np), _EvalSet(*self.ood_np)
+        self.cheap = (self.test.head(setting.eval_cheap), self.ood.head(setting.eval_cheap))
 
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - zip/pickle errors of many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LmlabError(f"cannot read {path}: {first}; delete it to start the run over") from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise LmlabError(f"{path} is not an lmlab training state; delete it to start over")
-    return state
+        torch.manual_seed(setting.seed)
+        self.model = TFModel(setting.model_config())
+        opt = torch.optim.AdamW(self.model.parameters(), lr=setting.lr, betas=setting.betas,
+                                eps=setting.eps, weight_decay=setting.weight_decay)
+        # ConstantLR(opt) with default arguments: factor 1/3 for the first 5 steps.
+        sched = (torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0 / 3.0, total_iters=5)
+                 if setting.constant_lr_quirk else None)
+        # the weights go to ckpt_{k}.pt (the authors' files), the rest to train_state.pt
+        self.train_rng = np.random.default_rng(train_ss)
+        self.parts = TrainParts(None, opt, sched, {"train": self.train_rng})
+        self.state_path = out / _STATE
+        self.err_arr: list[dict[str, Any]] = []
+        self.seconds_eval = 0.0
+
+    def start(self) -> int:
+        """Resume from the last checkpoint, or write the fixed files and checkpoint 0."""
+        if self.state_path.is_file():
+            return self._resume()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", self.config)
+        for name, (tokens, starts, lens) in (("test.pth", self.test_np),
+                                             ("test_ood.pth", self.ood_np)):
+            atomic_save_torch(self.out / name, [torch.from_numpy(tokens), torch.from_numpy(lens),
+                                                torch.from_numpy(starts)])
+        self.err_arr = [_entry(-1, self.model, None, self.test, self.ood, full=True)]
+        self.checkpoint(0)
+        return 0
+
+    def _resume(self) -> int:
+        state = load_checkpoint(self.state_path)
+        diff = config_diff(state.get("config", {}), self.config, ignore=("out_dir",))
+        if diff:
+            raise LmlabError(f"{self.out} holds a run of another setting "
+                             f"({'; '.join(diff[:4])}); choose another out_dir or delete it")
+        start = int(state["step"])
+        try:
+            weights = torch.load(self.out / f"ckpt_{start}.pt", map_location="cpu",
+                                 weights_only=True)
+            saved_arr = json.loads((self.out / "err_arr.json").read_text())
+        except Exception as exc:  # noqa: BLE001 - missing file, zip or JSON errors
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LmlabError(f"cannot resume {self.out} at step {start}: {first}; delete "
+                             f"{_STATE} to start the run over") from None
+        load_state(self.model, weights)
+        self.parts.restore(state, source=self.state_path)
+        self.err_arr = [e for e in saved_arr if e["epoch"] < start]
+        return start
+
+    def checkpoint(self, step: int) -> None:
+        """Weights, ``err_arr.json``, then the training state (the commit marker)."""
+        check_finite_weights(self.model, step, hint="lower lr or check the setting",
+                             kept=latest_checkpoint(self.out, _STATE))
+        atomic_save_torch(self.out / f"ckpt_{step}.pt", self.model.state_dict())
+        atomic_write_json(self.out / "err_arr.json", self.err_arr)
+        save_checkpoint(self.out, self.parts.state(step, config=self.config), name=_STATE)
+
+    def train_step(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One AdamW step on a fresh batch (``step`` = updates after it); returns the batch."""
+        opt, sched = self.parts.optimizer, self.parts.scheduler
+        batch = sample_batch(self.task, self.setting.batch_size, self.train_rng, pool=self.pool)
+        x = torch.from_numpy(batch[0])  # (B, T)
+        logits = self.model(x)  # (B, T, V)
+        V = self.task.vocab_size
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), x[:, 1:].reshape(-1))
+        check_finite(loss.detach(), step, names=[f"setting {self.setting.name}"],
+                     hint="lower lr or check the setting", kept=self.state_path)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        return batch
+
+    def evaluate(self, step: int, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+                 ) -> dict[str, Any]:
+        """The ``err_arr`` entry of the weights after ``step`` steps: on the full test sets
+        (then a checkpoint) every ``save_every`` steps, else on their cheap prefixes."""
+        t0 = time.perf_counter()
+        full = step % self.setting.save_every == 0
+        test, ood = (self.test, self.ood) if full else self.cheap
+        self.err_arr.append(_entry(step - 1, self.model, _EvalSet(*batch), test, ood, full=full))
+        if full:
+            self.checkpoint(step)
+        self.seconds_eval += time.perf_counter() - t0
+        return self.err_arr[-1]
+
+    def finish(self, start: int, end: int) -> bool:
+        """Write what lies beyond the last checkpoint, and ``ckpt.pt`` once the run is done."""
+        if end > start and end % self.setting.save_every:
+            atomic_write_json(self.out / "err_arr.json", self.err_arr)
+        finished = end == self.setting.steps
+        if finished:
+            atomic_save_torch(self.out / "ckpt.pt", self.model.state_dict())
+        return finished
+
+    def summary(self, start: int, end: int, seconds: float, seconds_loop: float
+                ) -> dict[str, Any]:
+        """What :func:`train_setting` returns."""
+        n = end - start
+        last_full = next(e for e in reversed(self.err_arr) if e.get("full"))
+        return {
+            "name": self.setting.name,
+            "out_dir": os.fspath(self.out),
+            "steps": self.setting.steps,
+            "start_step": start,
+            "steps_done": end,
+            "finished": end == self.setting.steps,
+            **{k: last_full[k] for k in ("epoch", "loss_test", "err_test", "err_ood",
+                                         "err_test_nofloor", "err_ood_nofloor")},
+            "seconds": seconds,
+            "seconds_eval": self.seconds_eval,
+            "steps_per_s": n / seconds if n else float("nan"),
+            "train_steps_per_s": n / (seconds_loop - self.seconds_eval) if n else float("nan"),
+        }
 
 
 def train_setting(
@@ -343,141 +459,19 @@ def train_setting(
 def _train(setting: TrainSetting, out: Path, *, progress: bool,
            stop_after: int | None) -> dict[str, Any]:
     t_start = time.perf_counter()
-    task = setting.resolved_task
-    config = run_config(setting, out)
-    pool_ss, test_ss, ood_ss, train_ss = np.random.SeedSequence(setting.seed).spawn(4)
-    pool = make_pool(task, np.random.default_rng(pool_ss)) if task.pool_size else None
-    test_np = sample_batch(task, setting.eval_full, np.random.default_rng(test_ss), pool=pool)
-    ood_np = sample_batch(task, setting.eval_full, np.random.default_rng(ood_ss), ood=True)
-    test, ood = _EvalSet(*test_np), _EvalSet(*ood_np)
-    test_cheap, ood_cheap = test.head(setting.eval_cheap), ood.head(setting.eval_cheap)
-
-    torch.manual_seed(setting.seed)
-    model = TFModel(setting.model_config())
-    opt = torch.optim.AdamW(model.parameters(), lr=setting.lr, betas=setting.betas,
-                            eps=setting.eps, weight_decay=setting.weight_decay)
-    # ConstantLR(opt) with default arguments: factor 1/3 for the first 5 steps.
-    sched = (torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0 / 3.0, total_iters=5)
-             if setting.constant_lr_quirk else None)
-    train_rng = np.random.default_rng(train_ss)
-
-    state_path = out / _STATE
-    err_arr: list[dict[str, Any]]
-    if state_path.is_file():
-        state = _load_state(state_path)
-        diff = _differences(state.get("config", {}), config)
-        if diff:
-            raise LmlabError(f"{out} holds a run of another setting ({'; '.join(diff[:4])}); "
-                             "choose another out_dir or delete it")
-        start = int(state["step"])
-        try:
-            weights = torch.load(out / f"ckpt_{start}.pt", map_location="cpu", weights_only=True)
-            saved_arr = json.loads((out / "err_arr.json").read_text())
-        except Exception as exc:  # noqa: BLE001 - missing file, zip or JSON errors
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LmlabError(f"cannot resume {out} at step {start}: {first}; delete "
-                             f"{_STATE} to start the run over") from None
-        load_state(model, weights)
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        train_rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        err_arr = [e for e in saved_arr if e["epoch"] < start]
-    else:
-        start = 0
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", config)
-        for name, (tokens, starts, lens) in (("test.pth", test_np), ("test_ood.pth", ood_np)):
-            atomic_write_bytes(out / name, _torch_bytes(
-                [torch.from_numpy(tokens), torch.from_numpy(lens), torch.from_numpy(starts)]))
-        err_arr = [_entry(-1, model, None, test, ood, full=True)]
-
-    def checkpoint(step: int) -> None:
-        atomic_write_bytes(out / f"ckpt_{step}.pt", _torch_bytes(model.state_dict()))
-        atomic_write_json(out / "err_arr.json", err_arr)
-        atomic_write_bytes(state_path, _torch_bytes({  # written last: the commit marker
-            "step": step,
-            "config": config,
-            "optimizer": opt.state_dict(),
-            "scheduler": None if sched is None else sched.state_dict(),
-            "numpy_rng": train_rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-        }))
-
-    if start == 0:
-        checkpoint(0)
+    run = _Run(setting, out)
+    start = run.start()
     end = setting.steps if stop_after is None else min(setting.steps, max(stop_after, start))
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=setting.steps, initial=start, desc=setting.name, unit="step",
-                   mininterval=1.0)
-    t_eval = 0.0
-    V = task.vocab_size
     t_loop = time.perf_counter()
-    model.train()
-    try:
+    run.model.train()
+    with progress_bar(setting.steps, initial=start, desc=setting.name, enabled=progress) as bar:
         for step in range(start + 1, end + 1):  # step = number of updates after this one
-            tokens, starts, lens = sample_batch(task, setting.batch_size, train_rng, pool=pool)
-            x = torch.from_numpy(tokens)  # (B, T)
-            logits = model(x)  # (B, T, V)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), x[:, 1:].reshape(-1))
-            if not torch.isfinite(loss):
-                raise LmlabError(f"the training loss is {loss.item()} at step {step} of "
-                                 f"setting {setting.name}; lower lr or check the setting")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            full = step % setting.save_every == 0
-            if full or step % setting.eval_every == 0:
-                t0 = time.perf_counter()
-                batch = _EvalSet(tokens, starts, lens)
-                if full:
-                    err_arr.append(_entry(step - 1, model, batch, test, ood, full=True))
-                    checkpoint(step)
-                else:
-                    err_arr.append(_entry(step - 1, model, batch, test_cheap, ood_cheap,
-                                          full=False))
-                t_eval += time.perf_counter() - t0
-                if bar is not None:
-                    last = err_arr[-1]
-                    bar.set_postfix(err_test=f"{last['err_test']:.3f}",
-                                    err_ood=f"{last['err_ood']:.3f}", refresh=False)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            batch = run.train_step(step)
+            if step % setting.save_every == 0 or step % setting.eval_every == 0:
+                last = run.evaluate(step, batch)
+                bar.set_postfix(err_test=f"{last['err_test']:.3f}",
+                                err_ood=f"{last['err_ood']:.3f}", refresh=False)
+            bar.update(1)
     t_loop = time.perf_counter() - t_loop
-    if end > start and end % setting.save_every:
-        atomic_write_json(out / "err_arr.json", err_arr)  # beyond the last checkpoint
-    finished = end == setting.steps
-    if finished:
-        atomic_write_bytes(out / "ckpt.pt", _torch_bytes(model.state_dict()))
-
-    seconds = time.perf_counter() - t_start
-    n = end - start
-    last_full = next(e for e in reversed(err_arr) if e.get("full"))
-    return {
-        "name": setting.name,
-        "out_dir": os.fspath(out),
-        "steps": setting.steps,
-        "start_step": start,
-        "steps_done": end,
-        "finished": finished,
-        "epoch": last_full["epoch"],
-        "loss_test": last_full["loss_test"],
-        "err_test": last_full["err_test"],
-        "err_ood": last_full["err_ood"],
-        "err_test_nofloor": last_full["err_test_nofloor"],
-        "err_ood_nofloor": last_full["err_ood_nofloor"],
-        "seconds": seconds,
-        "seconds_eval": t_eval,
-        "steps_per_s": n / seconds if n else float("nan"),
-        "train_steps_per_s": n / (t_loop - t_eval) if n else float("nan"),
-    }
+    run.finish(start, end)
+    return run.summary(start, end, time.perf_counter() - t_start, t_loop)

@@ -1,5 +1,8 @@
 """Training: one loop with callbacks, causal-LM loss and perplexity, checkpoints, torchrun.
 
+Checkpoints, random states, resume, the NaN guard and the progress bar of every training loop
+(this one, :mod:`lmlab.train.sampled`, the induction study's) are :mod:`lmlab.train.core`'s.
+
 >>> from lmlab.train import Callback, TrainState, TrainConfig
 >>> TrainState(step=3).step, TrainConfig().warmup_steps
 (3, 20)

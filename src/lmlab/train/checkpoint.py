@@ -1,76 +1,99 @@
-"""Training checkpoints: written atomically, read back with a clear error when corrupt.
+"""Training checkpoint files: written atomically, read without unpickling arbitrary objects.
 
-A checkpoint holds the model and optimiser state, the scheduler, the step counter, where the
-data order stands, and the random-number states, so a resumed run continues exactly.
+A checkpoint is a dict of tensors and plain values (numbers, strings, lists, dicts) with at
+least a ``"step"``; :class:`lmlab.train.core.TrainParts` builds one from a model, its
+optimiser, scheduler, random states and the loop's counters. Files are written through the
+project's one atomic write (:func:`lmlab.runs.io.atomic_save_torch`) and read with
+``torch.load(..., weights_only=True)``, so loading a checkpoint never runs code from the file.
+Checkpoints written before lmlab kept the random states as plain values hold pickled objects
+and are refused with a one-line error (delete them to start over).
 
 >>> import tempfile, torch
 >>> with tempfile.TemporaryDirectory() as tmp:
 ...     path = save_checkpoint(tmp, {"step": 3, "model": {"w": torch.ones(2)}})
-...     load_checkpoint(path)["step"]
-3
+...     path.name, load_checkpoint(path)["step"]
+('last.pt', 3)
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.runs.io import atomic_save_torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_step"]
+__all__ = ["CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+           "checkpoint_step", "read_torch"]
 
-_NAME = "last.pt"
-
-
-def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``<directory>/last.pt`` atomically (temp file, fsync, rename)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / _NAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+CHECKPOINT_NAME = "last.pt"
+"""The file name of a run's checkpoint in its checkpoint directory."""
 
 
-def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
+def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any],
+                    name: str = CHECKPOINT_NAME) -> Path:
+    """Write ``state`` to ``<directory>/<name>`` atomically and return the path.
+
+    Args:
+        directory: The checkpoint directory (created if missing).
+        state: Tensors and plain values, with a ``"step"``.
+        name: The file name.
+    """
+    return atomic_save_torch(Path(directory) / name, state)
+
+
+def latest_checkpoint(directory: str | os.PathLike[str],
+                      name: str = CHECKPOINT_NAME) -> Path | None:
     """The checkpoint in ``directory``, if one was completed."""
-    path = Path(directory) / _NAME
-    return path if path.exists() else None
+    path = Path(directory) / name
+    return path if path.is_file() else None
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+def read_torch(path: str | os.PathLike[str], *, mmap: bool = False, what: str = "checkpoint",
+               advice: str = "delete it to start over") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors naming the file.
+
+    Args:
+        path: The file.
+        mmap: Memory-map the tensors instead of reading them.
+        what: What the file is, for the messages.
+        advice: What to do when it cannot be read.
 
     Raises:
-        LmlabError: the file is missing, truncated or not a checkpoint.
+        LmlabError: The file is missing, truncated, or holds more than tensors and plain values.
     """
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
-        raise LmlabError(f"no checkpoint at {path}") from None
-    except Exception as e:  # noqa: BLE001 - zip/pickle errors of many kinds
+        raise LmlabError(f"no {what} at {path}") from None
+    except Exception as e:  # noqa: BLE001 - zip, stream and unpickling errors of many kinds
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            raise LmlabError(f"cannot read {what} {path}: it holds objects other than tensors "
+                             f"and plain values (written by an older lmlab?); {advice}") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LmlabError(
-            f"cannot read checkpoint {path}: {first}; it is corrupt — delete it to start over"
-        ) from None
+        if "weights_only" in str(e):  # torch's advice to unpickle anything: not ours to give
+            first = "not a torch file of tensors and plain values"
+        raise LmlabError(f"cannot read {what} {path}: {first}; it is corrupt — {advice}"
+                         ) from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU).
+
+    Raises:
+        LmlabError: The file is missing, truncated or not a checkpoint.
+    """
+    state = read_torch(path, mmap=mmap)
     if not isinstance(state, dict) or "step" not in state:
         raise LmlabError(f"{path} is not an lmlab checkpoint; delete it to start over")
     return state
 
 
-def checkpoint_step(directory: str | os.PathLike[str]) -> int:
+def checkpoint_step(directory: str | os.PathLike[str], name: str = CHECKPOINT_NAME) -> int:
     """The step of the checkpoint in ``directory`` (0 when there is none).
 
     A resumed run continues from this step; the tensors are memory-mapped, not read.
@@ -82,13 +105,5 @@ def checkpoint_step(directory: str | os.PathLike[str]) -> int:
     ...     before, checkpoint_step(tmp)
     (0, 7)
     """
-    path = latest_checkpoint(directory)
-    if path is None:
-        return 0
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # noqa: BLE001 - report it the way load_checkpoint does
-        state = load_checkpoint(path)
-    if not isinstance(state, dict) or "step" not in state:
-        raise LmlabError(f"{path} is not an lmlab checkpoint; delete it to start over")
-    return int(state["step"])
+    path = latest_checkpoint(directory, name)
+    return 0 if path is None else int(load_checkpoint(path, mmap=True)["step"])

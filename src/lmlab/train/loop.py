@@ -1,6 +1,9 @@
 """lmlab's one training loop for language models: AdamW with warmup, callbacks, checkpoints,
 resume, NaN guard, and data parallelism under torchrun.
 
+The step and the evaluation are this module's; checkpoints, random states, resume, the NaN
+guard and the progress bar are the training core's (:mod:`lmlab.train.core`).
+
 The recipe follows Hugging Face Trainer's defaults where a study does not say otherwise: AdamW
 (β = 0.9/0.999, ε = 1e-8) with weight decay on every parameter except biases and norm weights, a
 linear warm-up then linear decay of the learning rate to 0, gradient clipping at norm 1.0, a
@@ -39,7 +42,14 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.train.callbacks import Callback, TrainState
-from lmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lmlab.train.checkpoint import latest_checkpoint, save_checkpoint
+from lmlab.train.core import (
+    TrainParts,
+    check_finite,
+    check_finite_weights,
+    progress_bar,
+    resume_from,
+)
 from lmlab.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from lmlab.train.lm import evaluate_lm, token_loss_sum
 
@@ -165,15 +175,115 @@ def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+@dataclass
+class _FineTune:
+    """One run of :func:`train`: its step and its evaluation; the core does the rest."""
 
+    model: Any
+    examples: Sequence[Sequence[int]]
+    collate: Collate
+    cfg: TrainConfig
+    ctx: DistContext
+    parts: TrainParts
+    params: list[torch.nn.Parameter]
+    steps_per_epoch: int
+    total: int
+    device: Any = None
+    eval_examples: Sequence[Sequence[int]] | None = None
+    checkpoint_dir: Path | None = None
+    callbacks: Sequence[Callback] = ()
+    log: Callable[[dict[str, Any]], None] | None = None
+    result: TrainResult = field(default_factory=TrainResult)
+    step: int = 0
 
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def resume(self) -> None:
+        """Continue from ``checkpoint_dir/last.pt`` when it exists."""
+        if self.checkpoint_dir is None:
+            return
+        saved = resume_from(latest_checkpoint(self.checkpoint_dir), self.parts)
+        if saved is not None:
+            self.step = int(saved["step"])
+            self.result.history, self.result.evals = saved["history"], saved["evals"]
+            self.result.tokens, self.result.seconds = int(saved["tokens"]), float(saved["seconds"])
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimisation step on this rank's share of the next global batch."""
+        cfg, ctx, optimizer = self.cfg, self.ctx, self.parts.optimizer
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        ids = _epoch_order(len(self.examples), cfg.seed, epoch)[
+            offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
+        local = [self.examples[i] for i in ids[ctx.rank :: ctx.world_size]]
+        t0 = time.perf_counter()
+        batch = _to(self.collate(local), self.device) if local else None
+        n_local = int((batch["labels"][:, 1:] != -100).sum()) if batch is not None else 0
+        (n_global,) = all_reduce_sum([float(n_local)], ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros(())
+        if batch is not None:
+            loss_sum, _ = token_loss_sum(self.model, batch)
+            (loss_sum / max(n_global, 1.0)).backward()
+        all_reduce_grads(self.params, ctx)
+        (total_loss,) = all_reduce_sum([float(loss_sum.detach())], ctx)
+        mean_loss = total_loss / max(n_global, 1.0)
+        check_finite(mean_loss, self.step + 1, hint="try a lower train.lr", kept=self._kept())
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        lr = self.parts.scheduler.get_last_lr()[0]
+        optimizer.step()
+        self.parts.scheduler.step()
+        self.step += 1
+        self.result.tokens += int(n_global)
+        self.result.seconds += time.perf_counter() - t0
+        row = {"kind": "train", "step": self.step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+               "tokens": int(n_global)}
+        self.result.history.append(row)
+        self.emit(row)
+        return row
+
+    def after_step(self, row: dict[str, Any]) -> None:
+        """Callbacks; at an epoch's end an evaluation; a checkpoint when one is due."""
+        state = TrainState(step=self.step, epoch=row["epoch"], model=self.model,
+                           metrics={"train_loss": row["loss"]})
+        self.notify("on_step_end", state)
+        end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total
+        if end_of_epoch and self.eval_examples is not None:
+            self.evaluate(row["epoch"])
+        every = self.cfg.checkpoint_every
+        if end_of_epoch or (every and self.step % every == 0):
+            self.checkpoint()
+
+    def evaluate(self, epoch: int) -> None:
+        """Loss and perplexity on the evaluation examples."""
+        assert self.eval_examples is not None
+        ev = evaluate_lm(self.model, self.eval_examples, self.collate,
+                         batch_size=self.cfg.batch_size, device=self.device, ctx=self.ctx)
+        self.model.train()
+        row = {"kind": "eval", "step": self.step, "epoch": epoch, "loss": ev.loss,
+               "perplexity": ev.perplexity, "tokens": ev.tokens}
+        self.result.evals.append(row)
+        self.emit(row)
+
+    def checkpoint(self) -> None:
+        """Save the run's state (main process), unless the weights are no longer finite."""
+        if self.checkpoint_dir is None or not self.ctx.is_main:
+            return
+        check_finite_weights(self.model, self.step, hint="try a lower train.lr",
+                             kept=self._kept())
+        r = self.result
+        save_checkpoint(self.checkpoint_dir, self.parts.state(
+            self.step, history=r.history, evals=r.evals, tokens=r.tokens, seconds=r.seconds))
+
+    def _kept(self) -> Path | None:
+        return None if self.checkpoint_dir is None else latest_checkpoint(self.checkpoint_dir)
+
+    def emit(self, row: dict[str, Any]) -> None:
+        if self.log is not None and self.ctx.is_main:
+            self.log(row)
+
+    def notify(self, hook: str, state: TrainState) -> None:
+        if self.ctx.is_main:
+            for cb in self.callbacks:
+                getattr(cb, hook)(state)
 
 
 def train(
@@ -206,7 +316,8 @@ def train(
         progress: show a progress bar.
 
     Raises:
-        LmlabError: no training data, or a non-finite loss (the last good checkpoint is kept).
+        LmlabError: no training data, an unreadable checkpoint, or a non-finite loss (the last
+            good checkpoint is kept).
     """
     ctx = ctx or DistContext()
     if len(train_examples) == 0:
@@ -214,109 +325,32 @@ def train(
     steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
+    run = _FineTune(model, train_examples, collate, cfg, ctx, _parts(model, cfg, total), params,
+                    steps_per_epoch, total, device, eval_examples,
+                    None if checkpoint_dir is None else Path(checkpoint_dir), callbacks, log)
+    if resume:
+        run.resume()
+    if run.step == 0:
+        run.notify("on_train_begin", TrainState(step=0, epoch=0, model=model))
+    model.train()
+    with progress_bar(run.total, initial=run.step, desc="train",
+                      enabled=progress and ctx.is_main) as bar:
+        while run.step < run.total:
+            row = run.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+            run.after_step(row)
+    run.result.steps = run.step
+    model.eval()
+    run.notify("on_train_end", TrainState(step=run.step,
+                                          epoch=(run.step - 1) // run.steps_per_epoch,
+                                          model=model))
+    return run.result
+
+
+def _parts(model: Any, cfg: TrainConfig, total: int) -> TrainParts:
+    """The optimiser of ``cfg`` and its warm-up/decay schedule over ``total`` steps."""
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _schedule(s, cfg.warmup_steps, total, cfg.schedule))
-    result = TrainResult()
-    step = 0
-    if resume and checkpoint_dir is not None and latest_checkpoint(checkpoint_dir):
-        saved = load_checkpoint(latest_checkpoint(checkpoint_dir))  # type: ignore[arg-type]
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _restore_rng(saved["rng"])
-        step = int(saved["step"])
-        result.history, result.evals = saved["history"], saved["evals"]
-        result.tokens, result.seconds = int(saved["tokens"]), float(saved["seconds"])
-
-    def checkpoint() -> None:
-        if checkpoint_dir is None or not ctx.is_main:
-            return
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            last = latest_checkpoint(checkpoint_dir)
-            where = f"; the last good checkpoint is kept at {last}" if last else ""
-            raise LmlabError(f"the weights became NaN/Inf by step {step}; training stopped"
-                             f"{where} (try a lower train.lr)")
-        save_checkpoint(checkpoint_dir, {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-            "history": result.history, "evals": result.evals, "tokens": result.tokens,
-            "seconds": result.seconds})
-
-    def emit(row: dict[str, Any]) -> None:
-        if log is not None and ctx.is_main:
-            log(row)
-
-    state = TrainState(step=step, epoch=step // steps_per_epoch, model=model)
-    if step == 0 and ctx.is_main:
-        for cb in callbacks:
-            cb.on_train_begin(state)
-    bar = None
-    if progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=step, desc="train", unit="step")
-    model.train()
-    while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = _epoch_order(len(train_examples), cfg.seed, epoch)
-        start = offset * cfg.batch_size
-        ids = order[start : start + cfg.batch_size]
-        local = [train_examples[i] for i in ids[ctx.rank :: ctx.world_size]]
-        t0 = time.perf_counter()
-        batch = _to(collate(local), device) if local else None
-        n_local = int((batch["labels"][:, 1:] != -100).sum()) if batch is not None else 0
-        (n_global,) = all_reduce_sum([float(n_local)], ctx)
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros(())
-        if batch is not None:
-            loss_sum, _ = token_loss_sum(model, batch)
-            (loss_sum / max(n_global, 1.0)).backward()
-        all_reduce_grads(params, ctx)
-        (total_loss,) = all_reduce_sum([float(loss_sum.detach())], ctx)
-        mean_loss = total_loss / max(n_global, 1.0)
-        if not math.isfinite(mean_loss):
-            last = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-            where = f"; the last good checkpoint is kept at {last}" if last else ""
-            raise LmlabError(
-                f"the training loss became {mean_loss} at step {step + 1}; training stopped"
-                f"{where} (try a lower train.lr)")
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        result.tokens += int(n_global)
-        result.seconds += time.perf_counter() - t0
-        row = {"kind": "train", "step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
-               "tokens": int(n_global)}
-        result.history.append(row)
-        emit(row)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.3f}")
-        state = TrainState(step=step, epoch=epoch, model=model, metrics={"train_loss": mean_loss})
-        if ctx.is_main:
-            for cb in callbacks:
-                cb.on_step_end(state)
-        end_of_epoch = step % steps_per_epoch == 0 or step == total
-        if end_of_epoch and eval_examples is not None:
-            ev = evaluate_lm(model, eval_examples, collate, batch_size=cfg.batch_size,
-                             device=device, ctx=ctx)
-            model.train()
-            erow = {"kind": "eval", "step": step, "epoch": epoch, "loss": ev.loss,
-                    "perplexity": ev.perplexity, "tokens": ev.tokens}
-            result.evals.append(erow)
-            emit(erow)
-        if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            checkpoint()
-    if bar is not None:
-        bar.close()
-    result.steps = step
-    model.eval()
-    if ctx.is_main:
-        for cb in callbacks:
-            cb.on_train_end(TrainState(step=step, epoch=(step - 1) // steps_per_epoch,
-                                       model=model))
-    return result
+    return TrainParts(model, optimizer, scheduler)

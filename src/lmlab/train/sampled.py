@@ -1,6 +1,7 @@
 """The step loop of small models trained on randomly drawn minibatches (the makemore recipe):
 every step draws ``batch_size`` rows with replacement, one SGD or AdamW step, a step-decayed
-learning rate, every loss kept, a NaN guard, a progress bar.
+learning rate, every loss kept, a NaN guard and a progress bar (those two from the training
+core, :mod:`lmlab.train.core`).
 
 Two routes share the loop: :func:`train_ensemble` drives a model with a fused ``step(X, Y, lr)``
 (:class:`lmlab.models.char_mlp.CharMLPEnsemble`, several members per step), and
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from lmlab.errors import LmlabError
+from lmlab.train.core import check_finite, progress_bar
 
 __all__ = ["FusedModel", "StepConfig", "StepResult", "train_ensemble", "train_module"]
 
@@ -106,24 +108,6 @@ class FusedModel(Protocol):
     def step(self, X: Tensor, Y: Tensor, lr: float) -> Tensor: ...  # noqa: D102
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", mininterval=1.0, disable=not enabled,
-                leave=False)
-
-
-def _check_finite(losses: Tensor, start: int, stop: int, names: list[str], cfg: StepConfig
-                  ) -> None:
-    chunk = losses[:, start:stop]
-    if bool(torch.isfinite(chunk).all()):
-        return
-    member, offset = (~torch.isfinite(chunk)).nonzero()[0].tolist()
-    raise LmlabError(f"training loss of {names[member]} became {float(chunk[member, offset])} at "
-                     f"step {start + offset}; lower the learning rate (lr={cfg.lr_at(start)}) "
-                     "or check the data")
-
-
 def _loop(step_fn: Callable[[Tensor, Tensor, float], Tensor], names: list[str], X: Tensor,
           Y: Tensor, cfg: StepConfig, generator: torch.Generator,
           diag_fn: Callable[[int, float], list[dict[str, Any]]] | None, progress: bool,
@@ -135,9 +119,8 @@ def _loop(step_fn: Callable[[Tensor, Tensor, float], Tensor], names: list[str], 
     losses = torch.empty((len(names), cfg.steps), dtype=torch.float32, device=X.device)
     diagnostics: list[dict[str, Any]] = []
     n, checked = X.shape[0], 0
-    bar = _progress(cfg.steps, desc, progress)
     start = time.perf_counter()
-    try:
+    with progress_bar(cfg.steps, desc=desc, enabled=progress, leave=False) as bar:
         for i in range(cfg.steps):
             ix = torch.randint(0, n, (cfg.batch_size,), generator=generator).to(X.device)
             lr = cfg.lr_at(i)
@@ -146,11 +129,12 @@ def _loop(step_fn: Callable[[Tensor, Tensor, float], Tensor], names: list[str], 
                                                              or i == cfg.steps - 1):
                 diagnostics += diag_fn(i, lr)
             if (i + 1) % cfg.check_every == 0 or i == cfg.steps - 1:
-                _check_finite(losses, checked, i + 1, names, cfg)
+                # checked in chunks: a check waits for the device, so not every step
+                check_finite(losses[:, checked : i + 1], checked, names=names,
+                             hint=f"lower the learning rate (lr={cfg.lr_at(checked)}) or "
+                                  "check the data")
                 bar.update(i + 1 - checked)
                 checked = i + 1
-    finally:
-        bar.close()
     seconds = time.perf_counter() - start
     return StepResult(losses.cpu(), diagnostics, seconds, cfg.steps / max(seconds, 1e-9))
 
