@@ -15,23 +15,23 @@ from typing import Any
 
 import pytest
 
-from lmlab.studies import study_names
+from lmlab.studies import get_study, study_table
 from tests.conftest import SHARED_DATA
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = {p.stem: p for p in sorted(EXAMPLES.glob("*.ipynb"))}
 NEEDS = "the notebook tests need nbclient, nbformat and ipykernel (pip install nbclient ipykernel)"
 
-# keys of summary.json that each notebook's study must write (and the notebook reads)
-EXPECTED = {
-    "spectral": {"model", "n_layers", "alpha_mean", "n_alpha_2_6"},
-    "finetune-spectral": {"mean_alpha_pre", "mean_alpha_post", "test_loss", "perplexity"},
-    "optimizers": {"adamw", "sgd", "train_tokens", "val_tokens"},
-    "ablation": {"baseline_perplexity", "untrained_baseline_perplexity", "zero", "uniform"},
-    "charlm": {"dev_loss", "init_loss_scaled", "dev_loss_best", "best_model", "samples"},
-    "attention-phase": {"alpha_c_sim", "eps_lin", "eps_g_sem_alpha2", "eps_g_pos_alpha2"},
-    "induction": {"settings", "baseline_r5"},
-}
+BUILT_IN = [s.name for s in study_table() if s.module.startswith("lmlab.studies.")]
+
+
+def expected_keys(study: str) -> set[str]:
+    """The summary keys a study's notebook reads: its SUMMARY's headline keys."""
+    keys = set(get_study(study).SUMMARY.headline())
+    assert keys, f"{study}: mark the keys its notebook shows with SummaryKey(headline=True)"
+    return keys
+
+
 NOT_DRAWN = "was not drawn"  # what a notebook prints for a headline figure the run lacks
 
 
@@ -44,11 +44,10 @@ def _is_parameters(cell: dict[str, Any]) -> bool:
 
 
 def test_one_notebook_per_registered_study() -> None:
-    assert set(NOTEBOOKS) == set(study_names()), (
-        f"examples/ must hold exactly one <study>.ipynb per study; missing: "
-        f"{sorted(set(study_names()) - set(NOTEBOOKS))}, unknown: "
-        f"{sorted(set(NOTEBOOKS) - set(study_names()))}")
-    assert set(EXPECTED) == set(study_names())
+    assert set(NOTEBOOKS) == set(BUILT_IN), (
+        f"examples/ must hold exactly one <study>.ipynb per built-in study; missing: "
+        f"{sorted(set(BUILT_IN) - set(NOTEBOOKS))}, unknown: "
+        f"{sorted(set(NOTEBOOKS) - set(BUILT_IN))}")
 
 
 @pytest.mark.parametrize("study", sorted(NOTEBOOKS))
@@ -157,7 +156,7 @@ def check_executed(study: str, nb: Any, cwd: Path) -> None:
     runs = sorted((cwd / "runs" / study).glob("*/summary.json"))
     assert len(runs) == 1, f"expected one run of {study} under {cwd / 'runs'}, found {runs}"
     summary = json.loads(runs[0].read_text())
-    assert EXPECTED[study] <= set(summary), EXPECTED[study] - set(summary)
+    assert expected_keys(study) <= set(summary), expected_keys(study) - set(summary)
     assert json.loads((runs[0].parent / "meta.json").read_text())["status"] == "finished"
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -9,16 +9,27 @@ import pandas as pd
 import pytest
 
 from lmlab.errors import LmlabError
+from lmlab.runs import RunDir
+from lmlab.studies import get_study, load_result
 from lmlab.studies.runner import build_config, run_study
-from tests.studies.test_optimizers import text_file  # noqa: F401 - fixture
+from tests.studies.conftest import assert_redraws
+from tests.studies.test_optimizers import write_lines
 
 
-def test_ablation_study_end_to_end(tiny_dir: Path, text_file: Path, tmp_path: Path) -> None:  # noqa: F811
-    sets = [f"model={tiny_dir}", "data.source=file", f"data.path={text_file}",
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """One finished run with every mode on the tiny GPT-2 (2 epochs), shared below."""
+    root = tmp_path_factory.mktemp("ablation")
+    sets = [f"model={tiny_dir}", "data.source=file", f"data.path={write_lines(root / 'lines.txt')}",
             "data.budget=300", "train.epochs=2", "train.lr=0.001", "device=cpu",
             "modes=zero,uniform,mean,previous-token"]
-    run = run_study("ablation", preset="paper", overrides=sets, out=tmp_path)
+    return run_study("ablation", preset="paper", overrides=sets, out=root / "runs")
+
+
+def test_ablation_study_end_to_end(tiny_run: RunDir) -> None:
+    run = tiny_run
     s = json.loads((run.path / "summary.json").read_text())
+    assert get_study("ablation").SUMMARY.problems(s) == []
     for mode in ("zero", "uniform", "mean", "previous-token"):
         assert s[mode]["perplexity"] > 0 and s[mode]["untrained_perplexity"] > 0
     # ablating attention in a model that uses it changes its predictions
@@ -31,6 +42,14 @@ def test_ablation_study_end_to_end(tiny_dir: Path, text_file: Path, tmp_path: Pa
                                                  "zero"]
     html = (run.path / "report.html").read_text()
     assert "what the seed" in html and 'src="figures/layer_importance.png"' in html
+
+
+def test_report_redraws_from_the_saved_result(tiny_run: RunDir) -> None:
+    back = load_result(tiny_run.path)
+    assert back.config.modes == ("zero", "uniform", "mean", "previous-token")
+    assert back.table["variant"].tolist() == ["baseline", *back.config.modes]
+    assert back.importance["layer"].tolist() == [0, 1]
+    assert_redraws(tiny_run, "ablation")
 
 
 def test_bad_modes_and_ranges(tiny_dir: Path, tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lmlab.studies import get_study
 from lmlab.studies.attention_phase import crossing
 from lmlab.studies.runner import run_study
+from tests.studies.conftest import assert_redraws
 from tests.test_bad_input import study_error
 
 TINY = ["task.d=40", "grid.alpha_min=0.25", "grid.alpha_points=6", "grid.omegas=0.1,0.3",
@@ -48,6 +50,13 @@ def test_tables_summary_and_figures(run_path: Path) -> None:
                 "delta_eps_g", "fig3_phase_eps_t", "fig3_attention_vs_linear"):
         png = run_path / "figures" / f"{fig}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{fig}.png" in md
+
+
+def test_report_redraws_from_the_saved_result(run_path: Path) -> None:
+    summary = json.loads((run_path / "summary.json").read_text())
+    assert get_study("attention-phase").SUMMARY.problems(summary) == []
+    assert summary["alpha_c_theory"] is None and "theory" not in summary  # theory.enabled=false
+    assert_redraws(run_path, "attention-phase")
 
 
 def test_the_crossing_table_per_omega(run_path: Path) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lmlab.studies import get_study
 from lmlab.studies.runner import run_study
 from tests.conftest import SHARED_DATA
+from tests.studies.conftest import assert_redraws
 from tests.test_bad_input import study_error
 
 SHORT = ["mlp.train.steps=600", "mlp.train.lr_decay_step=400", "mlp.train.diag_every=100",
@@ -72,6 +74,19 @@ def test_tables_metrics_and_report(run_path: Path) -> None:
         png = run_path / "figures" / f"{fig}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert f"figures/{fig}.png" in md
+
+
+def test_report_redraws_from_the_saved_result(names_file: Path, tmp_path: Path) -> None:
+    run = run_study("charlm", preset="quick", overrides=[f"data.path={names_file}", *SHORT],
+                    out=tmp_path)
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert get_study("charlm").SUMMARY.problems(summary) == []
+    assert_redraws(run, "charlm")
+
+
+def test_summary_schema_marks_the_notebook_keys_as_headline() -> None:
+    assert set(get_study("charlm").SUMMARY.headline()) == {
+        "dev_loss", "init_loss_scaled", "dev_loss_best", "best_model", "samples"}
 
 
 @pytest.mark.parametrize("sets, message", [

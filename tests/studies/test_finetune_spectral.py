@@ -12,8 +12,11 @@ import torch
 import transformers
 
 from lmlab.errors import LmlabError
-from lmlab.studies.finetune_spectral import SUMMARY_KEYS, DataConfig, _texts
+from lmlab.runs import RunDir
+from lmlab.studies import get_study, load_result
+from lmlab.studies.finetune_spectral import SUMMARY, DataConfig, _texts
 from lmlab.studies.runner import run_study
+from tests.studies.conftest import assert_redraws
 
 IR = Path(__file__).resolve().parents[3] / "shared" / "data" / "ir_triplets.json"
 REQUIRED = ["model", "n_layers", "mean_alpha_pre", "mean_alpha_post", "good_layers_pre",
@@ -33,11 +36,18 @@ def test_split_sizes_follow_the_homework() -> None:
     assert "IR-Triplets" in source and test[0].startswith("Context: ")
 
 
-def test_whole_study_on_a_tiny_gpt2(tiny_dir: Path, tmp_path: Path) -> None:
-    run = run_study("finetune-spectral", preset="paper", overrides=overrides(tiny_dir),
-                    out=tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """One finished run of the study on the tiny GPT-2 (4 steps), shared by the tests below."""
+    return run_study("finetune-spectral", preset="paper", overrides=overrides(tiny_dir),
+                     out=tmp_path_factory.mktemp("finetune"))
+
+
+def test_whole_study_on_a_tiny_gpt2(tiny_run: RunDir, tiny_dir: Path) -> None:
+    run = tiny_run
     summary = json.loads((run.path / "summary.json").read_text())
-    assert set(REQUIRED) <= set(summary) <= set(SUMMARY_KEYS)
+    assert set(REQUIRED) <= set(summary) <= {k.key for k in SUMMARY}
+    assert get_study("finetune-spectral").SUMMARY.problems(summary) == []
     assert (summary["n_train"], summary["n_test"], summary["steps"]) == (32, 8, 4)
     assert summary["perplexity"] == pytest.approx(math.exp(summary["test_loss"]))
     assert summary["test_loss"] < summary["test_loss_pre"]  # 4 steps at lr 1e-3 do learn
@@ -47,7 +57,7 @@ def test_whole_study_on_a_tiny_gpt2(tiny_dir: Path, tmp_path: Path) -> None:
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_dir)
     model = transformers.GPT2LMHeadModel.from_pretrained(tiny_dir)
-    state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(run.path / "checkpoints" / "last.pt", weights_only=True)
     model.load_state_dict(state["model"])
     model.eval()
     _, test = sample_split(format_records(load_ir_triplets(IR)), 40, seed=42)
@@ -75,6 +85,15 @@ def test_whole_study_on_a_tiny_gpt2(tiny_dir: Path, tmp_path: Path) -> None:
         assert f'src="figures/{fig}.png"' in html
         assert (run.path / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"
     assert "Interpretation" in html and "fine-tuned" in html
+
+
+def test_report_redraws_from_the_saved_result(tiny_run: RunDir) -> None:
+    back = load_result(tiny_run.path)
+    assert back.config.data.n_samples == 40 and len(back.history) == 4
+    assert back.delta["delta"].tolist() == pytest.approx(
+        (back.delta["alpha_post"] - back.delta["alpha_pre"]).tolist())
+    assert back.stages["stage"].tolist() == ["pre-trained", "fine-tuned"]
+    assert_redraws(tiny_run, "finetune-spectral")
 
 
 def test_bad_inputs(tiny_dir: Path, tmp_path: Path) -> None:

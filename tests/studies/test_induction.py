@@ -42,6 +42,30 @@ def test_settings_trained_measured_and_reported(run_path: Path) -> None:
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{fig}.png" in md
 
 
+def test_report_redraws_from_the_saved_result(run_path: Path) -> None:
+    import numpy as np
+
+    from lmlab.studies import get_study, load_result
+    from tests.studies.conftest import assert_redraws
+
+    module = get_study("induction")
+    summary = json.loads((run_path / "summary.json").read_text())
+    assert module.SUMMARY.problems(summary) == []
+    assert set(module.SUMMARY.headline()) == {"settings", "baseline_r5"}
+    back = load_result(run_path)
+    assert isinstance(back, module.Result) and back.config.pools == (0, 20)
+    assert back.summary == summary
+    assert isinstance(back.baseline, np.ndarray) and back.baseline.shape == (32,)
+    assert back.baseline[4] == pytest.approx(summary["baseline_r5"])
+    assert set(back.errors) == set(summary["settings"])
+    assert all(isinstance(e, pd.DataFrame) and e["full"].dtype == bool
+               for e in back.errors.values())
+    pd.testing.assert_frame_equal(back.measures, pd.read_csv(run_path / "measures.csv"),
+                                  check_dtype=False)
+    assert back.pool_sweep["pool"].tolist() == [float("inf"), 20.0]
+    assert_redraws(run_path, "induction")
+
+
 @pytest.mark.parametrize("sets, message", [
     (["pools=0,0"], "duplicates"), (["pools=-5"], "non-negative"),
     (["argmax_axis=diag"], "argmax_axis"), (["ranks_plotted=40"], "1..32"),

@@ -10,26 +10,40 @@ import pandas as pd
 import pytest
 
 from lmlab.errors import LmlabError
+from lmlab.runs import RunDir
+from lmlab.studies import get_study, load_result
 from lmlab.studies.optimizers import LinesData, _lines_used, load_lines_data
 from lmlab.studies.runner import build_config, run_study
-from tests.studies.conftest import IR
+from tests.studies.conftest import IR, assert_redraws
 
 
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
+def write_lines(path: Path) -> Path:
+    """200 IR-Triplets records as one line each, separated by blank lines, in ``path``."""
     from lmlab.data import format_records, load_ir_triplets
 
     lines = [t.replace("\n", " ") for t in format_records(load_ir_triplets(IR)[:200])]
-    path = tmp_path / "lines.txt"
     path.write_text("\n\n".join(lines), encoding="utf-8")  # blank lines are skipped
     return path
 
 
-def test_adamw_and_sgd_from_the_same_start(tiny_dir: Path, text_file: Path, tmp_path: Path):
-    sets = [f"model={tiny_dir}", "data.source=file", f"data.path={text_file}",
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    return write_lines(tmp_path / "lines.txt")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """One finished comparison on the tiny GPT-2 (3 epochs), shared by the tests below."""
+    root = tmp_path_factory.mktemp("optimizers")
+    sets = [f"model={tiny_dir}", "data.source=file", f"data.path={write_lines(root / 'lines.txt')}",
             "data.budget=400", "train.epochs=3", "train.lr=0.001", "device=cpu"]
-    run = run_study("optimizers", preset="paper", overrides=sets, out=tmp_path)
+    return run_study("optimizers", preset="paper", overrides=sets, out=root / "runs")
+
+
+def test_adamw_and_sgd_from_the_same_start(tiny_run: RunDir) -> None:
+    run = tiny_run
     summary = json.loads((run.path / "summary.json").read_text())
+    assert get_study("optimizers").SUMMARY.problems(summary) == []
     metrics = pd.read_json(run.path / "metrics.jsonl", lines=True)
     train = metrics[metrics["kind"] == "train"]
     first = train.groupby("optimizer")["loss"].first()
@@ -43,6 +57,15 @@ def test_adamw_and_sgd_from_the_same_start(tiny_dir: Path, text_file: Path, tmp_
         assert summary[name]["seconds"] > 0
     html = (run.path / "report.html").read_text()
     assert 'src="figures/train_loss.png"' in html and 'src="figures/val_perplexity.png"' in html
+    assert not list((run.path / "checkpoints").iterdir())  # dropped once finished
+
+
+def test_report_redraws_from_the_saved_result(tiny_run: RunDir) -> None:
+    back = load_result(tiny_run.path)
+    assert back.config.optimizers == ("adamw", "sgd")
+    assert back.table["optimizer"].tolist() == ["adamw", "sgd"]
+    assert back.evals.groupby("optimizer").size().tolist() == [3, 3]
+    assert_redraws(tiny_run, "optimizers")
 
 
 def test_token_budget_protocol(tiny_dir: Path, text_file: Path) -> None:

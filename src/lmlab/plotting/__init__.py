@@ -15,5 +15,12 @@ from lmlab.plotting.spectral import (
     plot_esd,
 )
 
-__all__ = ["captioned", "figure_of", "new_axes", "plot_esd", "plot_alpha_by_layer", "plot_alpha_hist",
-           "plot_alpha_over_training"]
+__all__ = [
+    "captioned",
+    "figure_of",
+    "new_axes",
+    "plot_esd",
+    "plot_alpha_by_layer",
+    "plot_alpha_hist",
+    "plot_alpha_over_training",
+]

@@ -1,10 +1,16 @@
 """Plots of the character-level study: loss curves, the initial-loss "hockey stick", tanh
 activation histograms, saturation and update-to-data ratios over training.
 
->>> import torch
->>> ax = plot_loss_curves({"e01": torch.linspace(3.3, 2.1, 5000)}, smooth=1000)
+Every function draws what the charlm study computed (``lmlab.studies.charlm.Result``) and
+computes nothing of its own beyond block means of a curve.
+
+>>> ax = plot_loss_curves({"e01": np.linspace(3.3, 2.1, 5000)}, smooth=1000)
 >>> len(ax.lines)
 1
+>>> table = pd.DataFrame({"member": "e01", "tanh": [-0.5, 0.5], "density": [0.4, 0.6],
+...                       "mean": 0.1, "std": 0.5, "saturated": 0.0})
+>>> plot_tanh_hist(table).get_legend().get_texts()[0].get_text()
+'e01: mean +0.10, std 0.50, saturated 0.0%'
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lmlab.plotting.spectral import new_axes
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from matplotlib.axes import Axes
 
 __all__ = ["plot_loss_curves", "plot_first_steps", "plot_tanh_hist", "plot_diagnostic",
@@ -64,18 +70,22 @@ def plot_first_steps(curves: Mapping[str, torch.Tensor | np.ndarray], *, steps: 
     return ax
 
 
-def plot_tanh_hist(activations: Mapping[str, torch.Tensor | np.ndarray], *,
-                   title: str = "tanh activations", ax: Axes | None = None) -> Axes:
-    """Histograms of tanh outputs, with each one's saturated share (|h| > 0.97) in the legend."""
+def plot_tanh_hist(table: pd.DataFrame, *, title: str = "tanh activations",
+                   ax: Axes | None = None) -> Axes:
+    """Histograms of tanh outputs, with each one's saturated share (|h| > 0.97) in the legend.
+
+    Args:
+        table: one row per member and bin: ``member``, ``tanh`` (bin centre), ``density``, and
+            the member's ``mean``, ``std`` and ``saturated`` share (the same on its rows).
+        title: the axes title.
+        ax: where to draw (default: a new figure).
+    """
     ax = ax or new_axes((7.0, 4.0))
-    bins = np.linspace(-1, 1, 81)
-    for name, h in activations.items():
-        values = np.asarray(h, dtype=np.float64).ravel()
-        sat = float(np.mean(np.abs(values) > 0.97))
-        hist, edges = np.histogram(values, bins=bins, density=True)
-        ax.plot((edges[:-1] + edges[1:]) / 2, hist, lw=1.3,
-                label=f"{name}: mean {values.mean():+.2f}, std {values.std():.2f}, "
-                      f"saturated {sat:.1%}")
+    for name, g in table.groupby("member", sort=False):
+        first = g.iloc[0]
+        ax.plot(g["tanh"].to_numpy(), g["density"].to_numpy(), lw=1.3,
+                label=f"{name}: mean {first['mean']:+.2f}, std {first['std']:.2f}, "
+                      f"saturated {first['saturated']:.1%}")
     ax.set(xlabel="tanh output", ylabel="density", title=title)
     ax.legend(frameon=False, fontsize=8)
     return ax

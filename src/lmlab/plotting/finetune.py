@@ -1,4 +1,5 @@
-"""Plots of a fine-tuning run: mean α before/after, Δα per layer, loss curves.
+"""Plots of the fine-tuning studies: mean α before/after, Δα per layer, loss and perplexity
+curves, layer importance. They only draw: every number comes from the study's ``Result``.
 
 >>> ax = plot_mean_alpha_bars({"pre-trained": 4.0, "fine-tuned": 3.8})
 >>> [round(float(p.get_height()), 1) for p in ax.patches]
@@ -18,25 +19,18 @@ from lmlab.plotting.spectral import new_axes, short_layer_name
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-__all__ = ["plot_mean_alpha_bars", "plot_delta_alpha", "plot_loss_curves", "matrix_kind"]
+__all__ = ["plot_delta_alpha", "plot_layer_importance", "plot_loss_curves",
+           "plot_mean_alpha_bars", "plot_perplexity_per_epoch", "plot_train_loss"]
 
 _KIND_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                 "#7f7f7f", "#bcbd22", "#17becf"]
 
 
-def matrix_kind(longname: str) -> str:
-    """The matrix type of a layer from its module path (its last component).
-
-    >>> matrix_kind("model.layers.3.self_attn.q_proj"), matrix_kind("transformer.wte")
-    ('q_proj', 'wte')
-    """
-    return str(longname).split(".")[-1]
-
-
-def plot_mean_alpha_bars(means: Mapping[str, float], *, ax: Axes | None = None) -> Axes:
-    """Bars of mean α per stage with the 2 and 6 lines of the healthy band."""
+def plot_mean_alpha_bars(means: Mapping[str, float | None], *, ax: Axes | None = None) -> Axes:
+    """Bars of mean α per stage with the 2 and 6 lines of the healthy band (None: no bar)."""
     ax = ax or new_axes((5.0, 4.0))
-    names, values = list(means), [float(v) for v in means.values()]
+    names = list(means)
+    values = [float("nan") if v is None else float(v) for v in means.values()]
     bars = ax.bar(names, values, color=["#9ecae1", "#3182bd"][: len(names)] or None)
     for bar, v in zip(bars, values, strict=True):
         ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, v), ha="center",
@@ -50,37 +44,30 @@ def plot_mean_alpha_bars(means: Mapping[str, float], *, ax: Axes | None = None) 
     return ax
 
 
-def plot_delta_alpha(pre: pd.DataFrame, post: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
-    """Δα = α(after) − α(before) per layer in depth order, coloured by matrix type."""
-    ax = ax or new_axes((9.0, 4.2))
-    merged = _merged(pre, post)
-    kinds = sorted(merged["kind"].unique())
-    colors = {k: _KIND_COLORS[i % len(_KIND_COLORS)] for i, k in enumerate(kinds)}
-    x = np.arange(len(merged))
+def plot_delta_alpha(delta: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Δα = α(after) − α(before) per layer in depth order, coloured by matrix type.
+
+    Args:
+        delta: one row per layer in depth order with ``longname``, ``delta`` and ``kind``
+            (:func:`lmlab.studies.finetune_spectral.delta_alpha`).
+    """
     from matplotlib.patches import Patch
 
-    ax.bar(x, merged["delta"], color=[colors[k] for k in merged["kind"]], width=0.85)
+    ax = ax or new_axes((9.0, 4.2))
+    kinds = sorted(delta["kind"].unique())
+    colors = {k: _KIND_COLORS[i % len(_KIND_COLORS)] for i, k in enumerate(kinds)}
+    x = np.arange(len(delta))
+    ax.bar(x, delta["delta"], color=[colors[k] for k in delta["kind"]], width=0.85)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("layer (depth order)")
     ax.set_ylabel("Δα (after − before)")
     ax.set_title("Change of α per layer")
-    if len(merged) <= 60:
-        ax.set_xticks(x, [short_layer_name(n) for n in merged["longname"]], rotation=90,
+    if len(delta) <= 60:
+        ax.set_xticks(x, [short_layer_name(n) for n in delta["longname"]], rotation=90,
                       fontsize=6)
     ax.legend(handles=[Patch(color=colors[k], label=k) for k in kinds], frameon=False,
               fontsize=7, ncol=min(len(kinds), 6))
     return ax
-
-
-def _merged(pre: pd.DataFrame, post: pd.DataFrame) -> pd.DataFrame:
-    cols = ["layer_id", "longname", "alpha"]
-    a = pre[pre["status"] == "success"][cols]
-    b = post[post["status"] == "success"][cols]
-    merged = a.merge(b, on=["layer_id", "longname"], suffixes=("_pre", "_post"))
-    merged = merged.sort_values("layer_id").reset_index(drop=True)
-    merged["delta"] = merged["alpha_post"] - merged["alpha_pre"]
-    merged["kind"] = merged["longname"].map(matrix_kind)
-    return merged
 
 
 def plot_loss_curves(history: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]],
@@ -96,4 +83,38 @@ def plot_loss_curves(history: Sequence[Mapping[str, Any]], evals: Sequence[Mappi
     ax.set_ylabel("mean token loss (nats)")
     ax.set_title("Loss during fine-tuning")
     ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def plot_train_loss(history: pd.DataFrame, by: str, *, ax: Axes | None = None) -> Axes:
+    """Training loss per iteration, one line per value of column ``by`` (in table order)."""
+    ax = ax or new_axes()
+    for name, g in history.groupby(by, sort=False):
+        ax.plot(g["step"], g["loss"], lw=1.2, label=str(name))
+    ax.set(xlabel="iteration", ylabel="training loss (mean token loss)",
+           title="Training loss per iteration")
+    ax.legend(frameon=False)
+    return ax
+
+
+def plot_perplexity_per_epoch(evals: pd.DataFrame, by: str, *, title: str,
+                              ax: Axes | None = None) -> Axes:
+    """Validation perplexity after each epoch (log scale), one line per value of ``by``."""
+    ax = ax or new_axes()
+    for name, g in evals.groupby(by, sort=False):
+        ax.plot(g["epoch"] + 1, g["perplexity"], "o-", label=str(name))
+    ax.set(xlabel="epoch", ylabel="validation perplexity", yscale="log", title=title)
+    ax.legend(frameon=False)
+    return ax
+
+
+def plot_layer_importance(importance: pd.DataFrame, baseline: float, mode: str, *,
+                          ax: Axes | None = None) -> Axes:
+    """Perplexity with one layer's attention ablated, per layer, against no ablation."""
+    ax = ax or new_axes((8.0, 4.0))
+    ax.bar(importance["layer"], importance["perplexity"], color="#6baed6")
+    ax.axhline(baseline, color="black", ls="--", lw=1, label="no ablation")
+    ax.set(xlabel="layer ablated (alone)", ylabel="validation perplexity", yscale="log",
+           title=f"Layer importance: {mode} ablation of one layer, no training")
+    ax.legend(frameon=False)
     return ax

@@ -22,16 +22,26 @@ Commands::
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from lmlab.errors import LmlabError
-from lmlab.runs import Report, RunDir, write_report
-from lmlab.studies.optimizers import LinesData, check_lines_data, load_lines_data
+from lmlab.runs import Report, RunDir
+from lmlab.studies.optimizers import (
+    LinesData,
+    check_lines_data,
+    drop_checkpoints,
+    load_lines_data,
+    train_fresh,
+)
+from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.train.loop import TrainConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Read by the registry without importing this module.
 STUDY = {"name": "ablation", "order": 4,
@@ -39,7 +49,7 @@ STUDY = {"name": "ablation", "order": 4,
                          "trained and untrained"),
          "source": "optimizer/hooks mini-study; WikiText-2"}
 
-__all__ = ["Config", "Result", "check", "run", "SUMMARY_KEYS", "MODE_MEANING"]
+__all__ = ["Config", "MODE_MEANING", "Result", "SUMMARY", "check", "plot", "report", "run"]
 
 MODE_MEANING: dict[str, str] = {
     "zero": "each attention sub-layer's output replaced by zeros (residual path and MLP only; "
@@ -52,18 +62,42 @@ MODE_MEANING: dict[str, str] = {
 # every epoch (``train.checkpoint_every``).
 RESUMES = True
 
-SUMMARY_KEYS: dict[str, str] = {
-    "baseline_perplexity": "validation perplexity of the baseline after training",
-    "<mode>.perplexity": "validation perplexity after training with that ablation",
-    "<mode>.untrained_perplexity": "the pretrained model ablated in every layer, no training",
-    "untrained_baseline_perplexity": "the pretrained model, no ablation, no training",
-    "importance_mode": "the mode of the per-layer chart",
-}
+#: The keys of ``summary.json``, their types and meaning (``<mode>``: each mode that ran).
+SUMMARY = Summary(
+    SummaryKey("model", str, "the model reference"),
+    SummaryKey("data_source", str, "the text trained and validated on"),
+    SummaryKey("untrained_baseline_perplexity", float,
+               "the pretrained model, no ablation, no training", headline=True),
+    SummaryKey("<mode>.untrained_perplexity", float,
+               "the pretrained model ablated in every layer, no training", headline=True),
+    SummaryKey("importance_mode", str,
+               "the mode of the per-layer chart (null with per_layer=false)"),
+    SummaryKey("baseline_perplexity", float,
+               "validation perplexity of the baseline after training", headline=True),
+    SummaryKey("<mode>.perplexity", float,
+               "validation perplexity after training with that ablation", headline=True),
+)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Ablation modes, their targets and the shared training recipe."""
+    """Ablation modes, their targets and the shared training recipe.
+
+    Attributes:
+        model: the pretrained causal LM (an offline name, a model directory or a hub id).
+        modes: the ablations compared: ``zero``, ``uniform``, ``mean``, ``previous-token``.
+        layers: the layers ablated (empty: every layer).
+        heads: the heads ablated in those layers (empty: every head).
+        per_layer: also measure each layer alone ablated, without training (the layer
+            importance chart).
+        data: the text lines and their token budget.
+        train: the shared training recipe.
+        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+        keep_checkpoints: keep the training checkpoints (weights + optimiser state, several
+            hundred MB each) after the study has finished; they let an interrupted run resume
+            with ``--resume`` and are deleted at the end otherwise.
+        seed: seeds every variant's data order and new weights alike.
+    """
 
     model: str = "gpt2"
     modes: tuple[str, ...] = ("zero",)
@@ -75,8 +109,6 @@ class Config:
         epochs=5, batch_size=4, lr=1e-4, warmup_steps=0, schedule="constant",
         max_grad_norm=1.0))
     device: str = "auto"
-    # Training checkpoints (weights + optimiser state, several hundred MB each) let an
-    # interrupted run resume with --resume; they are deleted once the study has finished.
     keep_checkpoints: bool = False
     seed: int = 42
 
@@ -108,10 +140,22 @@ class Config:
 
 @dataclass(frozen=True)
 class Result:
-    """Per-epoch evaluations of every variant, the per-layer importance, and the summary."""
+    """Everything the figures and the report need.
 
+    Attributes:
+        config: the config that ran.
+        evals: one row per variant (baseline and each mode) and epoch, with ``perplexity``.
+        importance: one row per layer: perplexity of the pretrained model with that layer
+            alone ablated (empty with ``per_layer = false``).
+        table: one row per variant: perplexity untrained and after training
+            (also ``ablation.csv``).
+        summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+    """
+
+    config: Config
     evals: pd.DataFrame
     importance: pd.DataFrame
+    table: pd.DataFrame
     summary: dict[str, Any]
 
 
@@ -128,9 +172,8 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.data import CausalLMCollator
     from lmlab.hooks import ablate, locate
     from lmlab.models.hf import load_causal_lm
-    from lmlab.runtime import resolve_device, seed_everything
-    from lmlab.train import evaluate_lm, train
-    from lmlab.train.checkpoint import checkpoint_step
+    from lmlab.runtime import resolve_device
+    from lmlab.train import evaluate_lm
 
     device = resolve_device(cfg.device)
     model, tokenizer = load_causal_lm(cfg.model, device=device)
@@ -153,11 +196,11 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
         with ablate(model, mode, reference=reference if mode == "mean" else None, **targets):
             summary[mode] = {"untrained_perplexity": ppl(model)}
     importance = []
+    summary["importance_mode"] = cfg.modes[0] if cfg.per_layer else None
     if cfg.per_layer:
         from tqdm.auto import tqdm
 
         mode = cfg.modes[0]
-        summary["importance_mode"] = mode
         for layer in tqdm(range(n_layers), desc=f"{mode} ablation per layer", unit="layer"):
             with ablate(model, mode, layers=[layer], heads=targets["heads"],
                         reference=reference if mode == "mean" else None):
@@ -166,72 +209,64 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
 
     evals = []
     for variant in ("baseline", *cfg.modes):
-        seed_everything(cfg.seed)
-        model, _ = load_causal_lm(cfg.model, device=device)
-        log = run_dir.metrics_sink(variant=variant)
-        ckpt = run_dir.checkpoints_dir / variant
-        run_dir.rewind_metrics(checkpoint_step(ckpt), variant=variant)  # a resumed run
-        resume: dict[str, Any] = {"checkpoint_dir": ckpt, "resume": True}
+        within = None if variant == "baseline" else functools.partial(
+            ablate, mode=variant, layers=targets["layers"], heads=targets["heads"],
+            reference=reference if variant == "mean" else None)
+        res, _ = train_fresh(cfg.model, run_dir, {"variant": variant}, cfg.train, train_ex,
+                             val_ex, collate=collate, device=device, seed=cfg.seed,
+                             within=within)
         if variant == "baseline":
-            res = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=val_ex,
-                        device=device, log=log, progress=True, **resume)
             summary["baseline_perplexity"] = res.evals[-1]["perplexity"]
         else:
-            with ablate(model, variant, reference=reference if variant == "mean" else None,
-                        **targets):
-                res = train(model, train_ex, collate=collate, cfg=cfg.train,
-                            eval_examples=val_ex, device=device, log=log, progress=True,
-                            **resume)
             summary[variant]["perplexity"] = res.evals[-1]["perplexity"]
         evals += [{**e, "variant": variant} for e in res.evals]
-        del model
-    run_dir.save_summary(summary)
-    if not cfg.keep_checkpoints:  # only there to resume an interrupted run
-        shutil.rmtree(run_dir.checkpoints_dir, ignore_errors=True)
-        run_dir.checkpoints_dir.mkdir(exist_ok=True)
-    result = Result(pd.DataFrame(evals), pd.DataFrame(importance), summary)
-    _report(cfg, result, run_dir)
-    return result
+    drop_checkpoints(run_dir, cfg.keep_checkpoints)
+    table = _perplexity_table(cfg, summary)
+    importance_df = pd.DataFrame(importance)
+    run_dir.save_table("ablation.csv", table)
+    if len(importance_df):
+        run_dir.save_table("layer_importance.csv", importance_df)
+    return Result(cfg, pd.DataFrame(evals), importance_df, table, summary)
 
 
-def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:
-    from lmlab.plotting import figure_of, new_axes
-
-    s = res.summary
-    ax = new_axes()
-    for variant, g in res.evals.groupby("variant", sort=False):
-        ax.plot(g["epoch"] + 1, g["perplexity"], "o-", label=str(variant))
-    ax.set(xlabel="epoch", ylabel="validation perplexity", yscale="log",
-           title="Validation perplexity per epoch: baseline vs ablated")
-    ax.legend(frameon=False)
-    run_dir.save_figure(figure_of(ax), "perplexity")
-    report = Report(f"Attention ablation — {cfg.model}")
-    report.add_text(
-        f"**{cfg.model}** on {s['data_source']}. Modes that ran: "
-        + "; ".join(f"**{m}** — {MODE_MEANING[m]}" for m in cfg.modes)
-        + (f". Layers: {list(cfg.layers)}" if cfg.layers else ". All layers")
-        + (f", heads {list(cfg.heads)}." if cfg.heads else ", all heads."))
+def _perplexity_table(cfg: Config, s: dict[str, Any]) -> pd.DataFrame:
+    """One row per variant: perplexity untrained and after training."""
     rows = [{"variant": "baseline", "untrained_perplexity": s["untrained_baseline_perplexity"],
              "trained_perplexity": s["baseline_perplexity"]}]
     rows += [{"variant": m, "untrained_perplexity": s[m]["untrained_perplexity"],
               "trained_perplexity": s[m]["perplexity"]} for m in cfg.modes]
-    table = pd.DataFrame(rows)
-    run_dir.save_table("ablation.csv", table)
-    report.add_table(table, caption="Validation perplexity without training (pretrained model) "
-                                    "and after training the same way")
-    report.add_figure("figures/perplexity.png", "Validation perplexity per epoch.")
-    if len(res.importance):
-        ax = new_axes((8.0, 4.0))
-        ax.bar(res.importance["layer"], res.importance["perplexity"], color="#6baed6")
-        ax.axhline(s["untrained_baseline_perplexity"], color="black", ls="--", lw=1,
-                   label="no ablation")
-        ax.set(xlabel="layer ablated (alone)", ylabel="validation perplexity", yscale="log",
-               title=f"Layer importance: {s['importance_mode']} ablation of one layer, "
-                     "no training")
-        ax.legend(frameon=False)
-        run_dir.save_figure(figure_of(ax), "layer_importance")
-        run_dir.save_table("layer_importance.csv", res.importance)
-        report.add_figure("figures/layer_importance.png",
-                          "Perplexity of the pretrained model with one layer's attention "
-                          "ablated: the higher, the more that layer's attention matters.")
-    write_report(run_dir, report)
+    return pd.DataFrame(rows)
+
+
+def plot(result: Result) -> dict[str, Figure]:
+    """Every figure of a finished ablation study, from the ``Result`` alone."""
+    from lmlab.plotting import captioned
+    from lmlab.plotting.finetune import plot_layer_importance, plot_perplexity_per_epoch
+
+    s = result.summary
+    figures = {"perplexity": captioned(
+        plot_perplexity_per_epoch(result.evals, "variant",
+                                  title="Validation perplexity per epoch: baseline vs ablated"),
+        "Validation perplexity per epoch.")}
+    if len(result.importance):
+        figures["layer_importance"] = captioned(
+            plot_layer_importance(result.importance, s["untrained_baseline_perplexity"],
+                                  s["importance_mode"]),
+            "Perplexity of the pretrained model with one layer's attention ablated: the "
+            "higher, the more that layer's attention matters.")
+    return figures
+
+
+def report(result: Result, figures: dict[str, Figure]) -> Report:
+    """The report of a finished ablation study."""
+    cfg, s = result.config, result.summary
+    rep = Report(f"Attention ablation — {cfg.model}")
+    rep.add_text(
+        f"**{cfg.model}** on {s['data_source']}. Modes that ran: "
+        + "; ".join(f"**{m}** — {MODE_MEANING[m]}" for m in cfg.modes)
+        + (f". Layers: {list(cfg.layers)}" if cfg.layers else ". All layers")
+        + (f", heads {list(cfg.heads)}." if cfg.heads else ", all heads."))
+    rep.add_table(result.table, caption="Validation perplexity without training (pretrained "
+                                        "model) and after training the same way")
+    rep.add_figures(figures, names=["perplexity", "layer_importance"])
+    return rep

@@ -27,9 +27,8 @@ Commands::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,8 +36,19 @@ import pandas as pd
 from lmlab.data.attention_teacher import AttentionTask
 from lmlab.errors import LmlabError
 from lmlab.models.attention_student import GDConfig
-from lmlab.runs import Report, RunDir, write_report
+from lmlab.runs import Report, RunDir
+from lmlab.studies._attention_phase_tables import (
+    crossing,
+    crossing_table,
+    figure_tables,
+    means_of,
+    simulated_crossings,
+)
+from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.sweep import SweepConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Read by the registry without importing this module.
 STUDY = {"name": "attention-phase", "order": 6,
@@ -46,24 +56,47 @@ STUDY = {"name": "attention-phase", "order": 6,
                          "n/d, simulation + theory"),
          "source": "Cui, Behrens, Krzakala, Zdeborová, NeurIPS 2024"}
 
-__all__ = ["Cell", "Config", "Grid", "Result", "SUMMARY_KEYS", "TheoryConfig", "check",
-           "crossing", "run", "simulate_cell", "simulated_crossings"]
+__all__ = ["Cell", "Config", "Grid", "Result", "SUMMARY", "TheoryConfig", "check", "crossing",
+           "plot", "report", "run", "simulate_cell", "simulated_crossings"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: every finished sweep cell is stored in
 # ``<run>/cells``.
 RESUMES = True
 
-SUMMARY_KEYS: dict[str, str] = {
-    "alpha_c_theory": "α where ε_t^sem = ε_t^pos in the theory, at ω = fig2_omega",
-    "alpha_c_sim, alpha_c_sim_se": "the same crossing of the mean simulated Δε_t, and the "
-                                   "standard error of the per-seed crossings",
-    "eps_g_sem_alpha2, eps_g_pos_alpha2": "simulated test error of each branch at the largest α",
-    "eps_lin": "simulated test error of the linear baseline (mean over α)",
-    "theta_sem_alpha2": "θ/σ² (the authors' |Q*·Q|/d) of the semantic branch at the largest α",
-    "m_pos_alpha2": "m = |1·Q|/d of the positional branch at the largest α",
-    "alpha_l_theory": "α where the global minimum's ε_g equals the linear baseline's (theory)",
-    "theory": "the theory values at the same points",
-}
+#: The keys of ``summary.json``, their types and meaning ("at ω" is at ``grid.fig2_omega``).
+SUMMARY = Summary(
+    SummaryKey("omega", float, "the ω of Fig. 2 (grid.fig2_omega), where the keys below are "
+               "taken"),
+    SummaryKey("d", int, "the embedding dimension"),
+    SummaryKey("seeds", int, "independent teachers and data sets per cell"),
+    SummaryKey("steps", int, "gradient-descent steps per student"),
+    SummaryKey("momentum", float, "heavy-ball momentum (0: plain GD, as the authors)"),
+    SummaryKey("alpha_top", float, "the largest α of the grid"),
+    SummaryKey("alpha_c_sim", float, "the crossing of the mean simulated Δε_t at ω",
+               headline=True),
+    SummaryKey("alpha_c_sim_se", float, "the standard error of the per-seed crossings at ω"),
+    SummaryKey("alpha_c_sim_seeds_crossing", int, "seeds whose Δε_t crosses at ω"),
+    SummaryKey("eps_lin", float, "simulated test error of the linear baseline (mean over α)",
+               headline=True),
+    SummaryKey("eps_g_sem_alpha2", float, "simulated test error of the semantic branch at the "
+               "largest α", headline=True),
+    SummaryKey("eps_g_pos_alpha2", float, "simulated test error of the positional branch at "
+               "the largest α", headline=True),
+    SummaryKey("eps_t_sem_alpha2", float, "simulated training error of the semantic branch at "
+               "the largest α"),
+    SummaryKey("eps_t_pos_alpha2", float, "simulated training error of the positional branch "
+               "at the largest α"),
+    SummaryKey("theta_sem_alpha2", float, "θ/σ² (the authors' |Q*·Q|/d) of the semantic branch "
+               "at the largest α"),
+    SummaryKey("m_pos_alpha2", float, "m = |1·Q|/d of the positional branch at the largest α"),
+    SummaryKey("alpha_c_theory", float, "α where ε_t^sem = ε_t^pos in the theory, at ω "
+               "(null without theory)"),
+    SummaryKey("alpha_l_theory", float, "α where the global minimum's ε_g equals the linear "
+               "baseline's (theory; null without theory)"),
+    SummaryKey("theory.<quantity>", (float, str), "the theory's values at the same points "
+               "(alpha, eps_g_sem, eps_t_pos, ..., curve_points_converged as 'k/n'); absent "
+               "without theory"),
+)
 
 
 @dataclass(frozen=True)
@@ -113,7 +146,14 @@ class Grid:
 
 @dataclass(frozen=True)
 class TheoryConfig:
-    """The asymptotic theory: curves at ``fig2_omega`` and the α_c(ω), α_l(ω) lines."""
+    """The asymptotic theory: curves at ``fig2_omega`` and the α_c(ω), α_l(ω) lines.
+
+    Attributes:
+        enabled: solve the theory (off: simulation only, much faster).
+        alpha_points: points of the theory curves between ``grid.alpha_min`` and
+            ``grid.alpha_max``.
+        line_omegas: the ω at which α_c(ω) and α_l(ω) are solved for Fig. 3.
+    """
 
     enabled: bool = True
     alpha_points: int = 40
@@ -122,7 +162,22 @@ class TheoryConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The attention-phase study."""
+    """The attention-phase study.
+
+    Attributes:
+        task: the teacher and the dimensions (``task.d``, ``task.L`` ...).
+        gd: the student's gradient descent.
+        grid: the α × ω × seeds × initialisations sweep.
+        theory: the asymptotic theory.
+        sweep: where the cells run (in-process, a process pool or Ray).
+        n_test: test samples per cell.
+        lam_lin: ridge penalty of the linear baseline.
+        store: the folder of finished cells (default ``<run>/cells``); a rerun with the same
+            folder skips every finished cell.
+        dtype: the floating-point type of the simulation.
+        seed: the base seed of every teacher and data set.
+        device: ``cpu`` or ``cuda`` (the simulation's batched trainer).
+    """
 
     task: AttentionTask = field(default_factory=AttentionTask)
     gd: GDConfig = field(default_factory=GDConfig)
@@ -227,45 +282,6 @@ def linear_baseline_error(data: Any, omega: float, n: int, lam: float) -> float:
     return float(((R @ Czzt) * R).sum((-1, -2)).mean() / (2 * d))
 
 
-def crossing(alphas: np.ndarray, delta: np.ndarray) -> float:
-    """The α where ``delta`` last changes sign from positive to negative (linear
-    interpolation); NaN if it never does.
-
-    >>> crossing(np.array([1.0, 2.0, 3.0]), np.array([1.0, 0.5, -0.5]))
-    2.5
-    """
-    for i in range(len(alphas) - 1, 0, -1):
-        a, b = delta[i - 1], delta[i]
-        if a > 0 >= b:
-            return float(alphas[i - 1] + (alphas[i] - alphas[i - 1]) * a / (a - b))
-    return float("nan")
-
-
-def simulated_crossings(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per ω: ``alpha_c_sim`` (the crossing of the seed-mean Δε_t), ``alpha_c_sim_se`` (the
-    standard error of the per-seed crossings) and ``seeds_crossing`` (seeds whose Δε_t crosses).
-
-    >>> runs = pd.DataFrame({"omega": 0.3, "seed": [0] * 4, "alpha": [1.0, 1.0, 2.0, 2.0],
-    ...                      "init": ["semantic", "positional"] * 2,
-    ...                      "eps_t": [0.002, 0.001, 0.003, 0.004]})
-    >>> simulated_crossings(runs)[["omega", "alpha_c_sim", "seeds_crossing"]].values.tolist()
-    [[0.3, 1.5, 1.0]]
-    """
-    rows = []
-    for w, delta in _paired_delta(runs, "eps_t").groupby("omega"):
-        mean = delta.groupby("alpha")["delta"].mean()
-        per_seed = [crossing(g["alpha"].to_numpy(), g["delta"].to_numpy())
-                    for _, g in delta.sort_values("alpha").groupby("seed")]
-        finite = [c for c in per_seed if math.isfinite(c)]
-        rows.append({"omega": float(w),
-                     "alpha_c_sim": crossing(mean.index.to_numpy(), mean.to_numpy()),
-                     "alpha_c_sim_se": (float(np.std(finite, ddof=1) / math.sqrt(len(finite)))
-                                        if len(finite) > 1 else float("nan")),
-                     "seeds_crossing": len(finite)})
-    return pd.DataFrame(rows, columns=["omega", "alpha_c_sim", "alpha_c_sim_se",
-                                       "seeds_crossing"])
-
-
 def _published_setting(cfg: Config) -> bool:
     """Whether the published lines apply: the authors' σ, λ, A, rank and scalings."""
     t = cfg.task
@@ -273,31 +289,43 @@ def _published_setting(cfg: Config) -> bool:
             and tuple(t.A) == (0.6, 0.4, 0.4, 0.6))
 
 
-def _crossing_table(cfg: Config, runs: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
-    """``simulated_crossings`` with the theory's α_c and the published one at the same ω."""
-    from lmlab.theory.attention import PUBLISHED_ALPHA_C
-
-    table = simulated_crossings(runs)
-    theory = dict(zip(lines["omega"], lines["alpha_c"], strict=True)) if not lines.empty else {}
-    published = PUBLISHED_ALPHA_C if _published_setting(cfg) else {}
-
-    def at(values: dict[float, float], w: float) -> float:
-        return next((v for k, v in values.items() if math.isclose(k, w)), float("nan"))
-
-    return table.assign(alpha_c_theory=[at(theory, w) for w in table["omega"]],
-                        alpha_c_published=[at(published, w) for w in table["omega"]])
-
-
 @dataclass(frozen=True)
 class Result:
-    """Every simulated student, the per-cell means, the theory, the per-ω crossings, the summary."""
+    """Everything the figures and the report need (Fig. 2 tables are at ``grid.fig2_omega``).
 
+    Attributes:
+        config: the config that ran.
+        runs: every simulated student, one row per (seed, ω, α, init) (``runs.csv``).
+        means: per (ω, α, init): means and standard deviations over seeds (``means.csv``).
+        theory: the theory's branch curves at ``fig2_omega`` (``theory_curves.csv``) with
+            ``theta_over_sigma2``; empty without theory.
+        lines: the theory's α_c(ω) and α_l(ω) (``theory_lines.csv``); empty without theory.
+        crossings: α_c per ω: simulated, theory, published (``alpha_c_by_omega.csv``).
+        summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+        delta: per (quantity ``eps_t``/``eps_g``, α): the seed mean of the paired semantic −
+            positional difference, its standard error and the number of seeds.
+        branches: the rows of ``means`` at ``fig2_omega``, with ``eps_g_se``.
+        best: per α: ε_g of the initialisation with the lower mean ε_t, and the mean ε_lin.
+        theory_pairs: per α of the theory: Δε_t, Δε_g, the global minimum's ε_g, converged.
+        phase_eps_t: per (ω, α): the seed mean of Δε_t (Fig. 3 left).
+        phase_linear: per (ω, α): ε_lin − ε_g of the global minimum (Fig. 3 right).
+        published: the published α_c(ω) where the authors' parameters ran, else empty.
+    """
+
+    config: Config
     runs: pd.DataFrame
     means: pd.DataFrame
     theory: pd.DataFrame
     lines: pd.DataFrame
     crossings: pd.DataFrame
     summary: dict[str, Any]
+    delta: pd.DataFrame
+    branches: pd.DataFrame
+    best: pd.DataFrame
+    theory_pairs: pd.DataFrame
+    phase_eps_t: pd.DataFrame
+    phase_linear: pd.DataFrame
+    published: pd.DataFrame
 
 
 def check(cfg: Config) -> None:
@@ -315,43 +343,36 @@ def cells_of(cfg: Config) -> list[Cell]:
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
-    """Simulate the grid (through the sweep backend), solve the theory, plot, report."""
+    """Simulate the grid (through the sweep backend), solve the theory, compute every table.
+
+    The data tables (``runs.csv``, ``means.csv``, ``alpha_c_by_omega.csv``, the theory's) go
+    to ``run_dir``; the finished cells to ``cfg.store`` (default ``run_dir/cells``).
+    """
     from lmlab.sweep import run_sweep
+    from lmlab.theory.attention import PUBLISHED_ALPHA_C
 
     store = cfg.store or str(run_dir.path / "cells")
     runs = run_sweep(simulate_cell, cells_of(cfg), cfg.sweep, store=store,
-                     desc="attention-phase cells")
-    run_dir.save_table("runs.csv", runs.drop(columns=["cell"], errors="ignore"))
-    means = _means(runs)
+                     desc="attention-phase cells").drop(columns=["cell"], errors="ignore")
+    run_dir.save_table("runs.csv", runs)
+    means = means_of(runs)
     run_dir.save_table("means.csv", means)
     theory, lines = _theory(cfg, run_dir)
-    crossings = _crossing_table(cfg, runs, lines)
+    published = PUBLISHED_ALPHA_C if _published_setting(cfg) else {}
+    crossings = crossing_table(runs, lines, published)
     run_dir.save_table("alpha_c_by_omega.csv", crossings)
     summary = _summary(cfg, crossings, means, theory, lines)
-    run_dir.save_summary(summary)
-    result = Result(runs, means, theory, lines, crossings, summary)
-    _report(cfg, result, run_dir)
-    return result
-
-
-def _means(runs: pd.DataFrame) -> pd.DataFrame:
-    cols = ["eps_t", "eps_g", "m", "theta_emp", "theta", "q", "eps_lin", "grad_norm"]
-    g = runs.groupby(["omega", "alpha", "init"])[cols]
-    out = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("runs"))
-    return out.reset_index()
-
-
-def _paired_delta(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per (ω, α, seed): semantic − positional of ``column``."""
-    wide = runs.pivot_table(index=["omega", "alpha", "seed"], columns="init", values=column)
-    return (wide["semantic"] - wide["positional"]).rename("delta").reset_index()
+    tables = figure_tables(runs, means, theory, omega=cfg.grid.fig2_omega, sigma=cfg.task.sigma,
+                           published=published)
+    return Result(config=cfg, runs=runs, means=means, lines=lines, crossings=crossings,
+                  summary=summary, **tables)
 
 
 def _theory(cfg: Config, run_dir: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Branch curves at fig2_omega and the α_c(ω), α_l(ω) lines (empty if not applicable)."""
     if not cfg.theory.enabled or cfg.task.convention != "paper" or cfg.task.rank != 1:
         return pd.DataFrame(), pd.DataFrame()
-    from lmlab.models.hf import cache_dir
+    from lmlab.runtime import cache_dir
     from lmlab.theory import TheoryParams, alpha_c, alpha_l, linear_baseline, solve_curve
 
     def params(omega: float) -> Any:
@@ -361,7 +382,7 @@ def _theory(cfg: Config, run_dir: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     alphas = np.linspace(max(cfg.grid.alpha_min, 0.05), cfg.grid.alpha_max,
                          cfg.theory.alpha_points)
     curves = solve_curve(list(alphas), params(cfg.grid.fig2_omega),
-                         cache_dir=cache_dir() / "theory")
+                         cache_dir=cache_dir("theory"))
     curves["eps_lin"] = linear_baseline(params(cfg.grid.fig2_omega))[0]
     lines = pd.DataFrame([{"omega": w, "alpha_c": alpha_c(params(w)),
                            "alpha_l": alpha_l(params(w)), "eps_lin": linear_baseline(params(w))[0]}
@@ -373,6 +394,7 @@ def _theory(cfg: Config, run_dir: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _summary(cfg: Config, crossings: pd.DataFrame, means: pd.DataFrame, theory: pd.DataFrame,
              lines: pd.DataFrame) -> dict[str, Any]:
+    """The numbers of ``summary.json`` (``SUMMARY``): simulation at ω, then the theory."""
     w = cfg.grid.fig2_omega
     sl = means[np.isclose(means["omega"], w)]
     a_top = sl["alpha"].max()
@@ -393,23 +415,27 @@ def _summary(cfg: Config, crossings: pd.DataFrame, means: pd.DataFrame, theory: 
                   "eps_t_pos_alpha2": float(top.loc["positional", "eps_t"]),
                   "theta_sem_alpha2": float(top.loc["semantic", "theta_emp"]),
                   "m_pos_alpha2": float(top.loc["positional", "m"])})
+    s.update(alpha_c_theory=None, alpha_l_theory=None)
     if not theory.empty:
-        th = theory[np.isclose(theory["alpha"], theory["alpha"].max())].set_index("branch")
         row = lines[np.isclose(lines["omega"], w)]
         s["alpha_c_theory"] = float(row["alpha_c"].iloc[0]) if len(row) else _alpha_c_at(cfg, w)
         s["alpha_l_theory"] = float(row["alpha_l"].iloc[0]) if len(row) else float("nan")
-        s["theory"] = {"alpha": float(theory["alpha"].max()),
-                       "eps_g_sem": float(th.loc["semantic", "eps_g"]),
-                       "eps_g_pos": float(th.loc["positional", "eps_g"]),
-                       "eps_t_sem": float(th.loc["semantic", "eps_t"]),
-                       "eps_t_pos": float(th.loc["positional", "eps_t"]),
-                       "theta_sem_over_sigma2": float(th.loc["semantic", "theta"])
-                       / cfg.task.sigma ** 2,
-                       "m_pos": float(th.loc["positional", "m"]),
-                       "eps_lin": float(theory["eps_lin"].iloc[0]),
-                       "curve_points_converged": f"{int(theory['converged'].sum())}/"
-                                                 f"{len(theory)}"}
+        s["theory"] = _theory_summary(theory, cfg.task.sigma)
     return s
+
+
+def _theory_summary(theory: pd.DataFrame, sigma: float) -> dict[str, Any]:
+    """The theory's values at the largest α of its curves."""
+    th = theory[np.isclose(theory["alpha"], theory["alpha"].max())].set_index("branch")
+    return {"alpha": float(theory["alpha"].max()),
+            "eps_g_sem": float(th.loc["semantic", "eps_g"]),
+            "eps_g_pos": float(th.loc["positional", "eps_g"]),
+            "eps_t_sem": float(th.loc["semantic", "eps_t"]),
+            "eps_t_pos": float(th.loc["positional", "eps_t"]),
+            "theta_sem_over_sigma2": float(th.loc["semantic", "theta"]) / sigma ** 2,
+            "m_pos": float(th.loc["positional", "m"]),
+            "eps_lin": float(theory["eps_lin"].iloc[0]),
+            "curve_points_converged": f"{int(theory['converged'].sum())}/{len(theory)}"}
 
 
 def _alpha_c_at(cfg: Config, omega: float) -> float:
@@ -419,81 +445,71 @@ def _alpha_c_at(cfg: Config, omega: float) -> float:
     return float(alpha_c(TheoryParams(omega=omega, sigma=cfg.task.sigma, lam=cfg.gd.lam, A=A)))
 
 
-def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:
-    from lmlab.plotting import figure_of
+def plot(result: Result) -> dict[str, Figure]:
+    """Every figure of a finished run, from the ``Result`` alone (Fig. 3 needs several ω)."""
+    from lmlab.plotting import captioned
     from lmlab.plotting.attention_phase import (
         plot_delta,
         plot_errors,
         plot_order_parameters,
         plot_phase_diagram,
     )
-    from lmlab.theory.attention import PUBLISHED_ALPHA_C
 
-    w = cfg.grid.fig2_omega
-    runs_w = res.runs[np.isclose(res.runs["omega"], w)]
-    means_w = res.means[np.isclose(res.means["omega"], w)]
-    th = res.theory
-    s = res.summary
-    dt = _paired_delta(runs_w, "eps_t")
-    dg = _paired_delta(runs_w, "eps_g")
-    run_dir.save_figure(figure_of(plot_delta(dt, th, "eps_t", omega=w)), "fig2_left_delta_eps_t")
-    run_dir.save_figure(figure_of(plot_errors(means_w, th)), "fig2_middle_eps_g")
-    run_dir.save_figure(figure_of(plot_order_parameters(means_w, th, sigma=cfg.task.sigma)),
-                        "fig2_right_order_parameters")
-    run_dir.save_figure(figure_of(plot_delta(dg, th, "eps_g", omega=w)), "delta_eps_g")
-    omegas = cfg.grid.all_omegas()
-    if len(omegas) > 1:
-        delta_all = _paired_delta(res.runs, "eps_t").groupby(["omega", "alpha"])["delta"].mean()
-        published = PUBLISHED_ALPHA_C if _published_setting(cfg) else None
-        run_dir.save_figure(figure_of(plot_phase_diagram(
-            delta_all.reset_index(), res.lines, "alpha_c",
-            title="Δε_t = ε_t(semantic) − ε_t(positional)", label="Δε_t",
-            crossings=res.crossings, published=published)), "fig3_phase_eps_t")
-        glob = _global_minimum(res.means)
-        run_dir.save_figure(figure_of(plot_phase_diagram(
-            glob, res.lines, "alpha_l", title="ε_lin − ε_g(global minimum)",
-            label="ε_lin − ε_g")), "fig3_attention_vs_linear")
-    report = Report("Positional vs semantic attention: a phase transition in α = n/d")
-    report.add_text(
+    r, w = result, result.config.grid.fig2_omega
+    eps_t, eps_g = (r.delta[r.delta["quantity"] == q] for q in ("eps_t", "eps_g"))
+    figures = {
+        "fig2_left_delta_eps_t": captioned(
+            plot_delta(eps_t, r.theory_pairs, "eps_t", omega=w),
+            f"Fig. 2 left: Δε_t = ε_t(semantic) − ε_t(positional) at ω = {w}; mean over seeds ± "
+            "standard error of the paired difference; theory line."),
+        "fig2_middle_eps_g": captioned(
+            plot_errors(r.branches, r.best, r.theory, r.theory_pairs),
+            "Fig. 2 middle: test error of each branch, of the global minimum (lower training "
+            "loss) and of the linear baseline."),
+        "fig2_right_order_parameters": captioned(
+            plot_order_parameters(r.branches, r.theory),
+            "Fig. 2 right: θ/σ² of the semantic branch and m of the positional one."),
+        "delta_eps_g": captioned(
+            plot_delta(eps_g, r.theory_pairs, "eps_g", omega=w),
+            "Δε_g = ε_g(semantic) − ε_g(positional): the quantity the assignment plotted; it "
+            "changes sign earlier than Δε_t."),
+    }
+    if len(r.config.grid.all_omegas()) > 1:
+        figures["fig3_phase_eps_t"] = captioned(plot_phase_diagram(
+            r.phase_eps_t, r.lines, "alpha_c", title="Δε_t = ε_t(semantic) − ε_t(positional)",
+            label="Δε_t", crossings=r.crossings, published=r.published),
+            "Fig. 3: Δε_t over ω × α with the theory's α_c(ω), the simulated crossing per ω (± "
+            "standard error over seeds) and, for the authors' parameters, the published α_c(ω).")
+        figures["fig3_attention_vs_linear"] = captioned(plot_phase_diagram(
+            r.phase_linear, r.lines, "alpha_l", title="ε_lin − ε_g(global minimum)",
+            label="ε_lin − ε_g"),
+            "Fig. 3: ε_lin − ε_g of the global minimum with the theory's α_l(ω).")
+    return figures
+
+
+def report(result: Result, figures: dict[str, Figure]) -> Report:
+    """The report of a finished run: setting, summary, figures, the α_c and theory tables."""
+    cfg, s = result.config, result.summary
+    rep = Report("Positional vs semantic attention: a phase transition in α = n/d")
+    rep.add_text(
         f"Tied rank-{cfg.task.rank} attention, d = {cfg.task.d}, σ = {cfg.task.sigma}, "
         f"λ = {cfg.gd.lam}, A = {cfg.task.A} ({cfg.task.convention} convention); "
-        f"{cfg.grid.seeds} seeds × {len(omegas)} ω × {cfg.grid.alpha_points} α × "
+        f"{cfg.grid.seeds} seeds × {len(cfg.grid.all_omegas())} ω × {cfg.grid.alpha_points} α × "
         f"{len(cfg.grid.inits)} initialisations; full-batch GD lr {cfg.gd.lr}, "
         f"{cfg.gd.steps:,} steps" + (f", heavy-ball momentum {cfg.gd.momentum}"
                                      if cfg.gd.momentum else "")
         + f"; test error on {cfg.n_test:,} fresh samples per seed. Errors are the authors': "
         "ε_t = ℒ/d (regulariser included), ε_g = E‖y − f(x)‖²/(2d).")
-    report.add_key_values({k: v for k, v in s.items() if k != "theory"},
-                          caption="Summary (simulation)")
+    theory_keys = ("theory",) if "theory" in s else ("theory", "alpha_c_theory", "alpha_l_theory")
+    rep.add_key_values({k: v for k, v in s.items() if k not in theory_keys},
+                       caption="Summary (simulation)")
     if "theory" in s:
-        report.add_key_values(s["theory"], caption="Theory at the same points")
-    report.add_figure("figures/fig2_left_delta_eps_t.png",
-                      f"Fig. 2 left: Δε_t = ε_t(semantic) − ε_t(positional) at ω = {w}; mean over "
-                      "seeds ± standard error of the paired difference; theory line.")
-    report.add_figure("figures/fig2_middle_eps_g.png",
-                      "Fig. 2 middle: test error of each branch, of the global minimum (lower "
-                      "training loss) and of the linear baseline.")
-    report.add_figure("figures/fig2_right_order_parameters.png",
-                      "Fig. 2 right: θ/σ² of the semantic branch and m of the positional one.")
-    report.add_figure("figures/delta_eps_g.png",
-                      "Δε_g = ε_g(semantic) − ε_g(positional): the quantity the assignment "
-                      "plotted; it changes sign earlier than Δε_t.")
-    if len(omegas) > 1:
-        report.add_figure("figures/fig3_phase_eps_t.png",
-                          "Fig. 3: Δε_t over ω × α with the theory's α_c(ω), the simulated "
-                          "crossing per ω (± standard error over seeds) and, for the authors' "
-                          "parameters, the published α_c(ω).")
-        report.add_figure("figures/fig3_attention_vs_linear.png",
-                          "Fig. 3: ε_lin − ε_g of the global minimum with the theory's α_l(ω).")
-    report.add_table(res.crossings, caption="α_c per ω: simulated (crossing of the mean Δε_t; "
-                     "standard error over the per-seed crossings), theory, published")
-    if not res.lines.empty:
-        report.add_table(res.lines, caption="Theory lines: α_c(ω) and α_l(ω)")
-    write_report(run_dir, report)
-
-
-def _global_minimum(means: pd.DataFrame) -> pd.DataFrame:
-    """Per (ω, α): ε_lin − ε_g of the initialisation with the lower mean training loss."""
-    best = means.loc[means.groupby(["omega", "alpha"])["eps_t"].idxmin()]
-    return best.assign(delta=best["eps_lin"] - best["eps_g"])[["omega", "alpha", "delta"]]
-
+        rep.add_key_values(s["theory"], caption="Theory at the same points")
+    rep.add_figures(figures, names=["fig2_left_delta_eps_t", "fig2_middle_eps_g",
+                                    "fig2_right_order_parameters", "delta_eps_g",
+                                    "fig3_phase_eps_t", "fig3_attention_vs_linear"])
+    rep.add_table(result.crossings, caption="α_c per ω: simulated (crossing of the mean Δε_t; "
+                  "standard error over the per-seed crossings), theory, published")
+    if not result.lines.empty:
+        rep.add_table(result.lines, caption="Theory lines: α_c(ω) and α_l(ω)")
+    return rep

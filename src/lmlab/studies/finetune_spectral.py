@@ -22,14 +22,18 @@ Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from lmlab.errors import LmlabError
-from lmlab.runs import Report, RunDir, write_report
+from lmlab.runs import Report, RunDir
+from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.train.callbacks import Timed
 from lmlab.train.loop import TrainConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Read by the registry without importing this module.
 STUDY = {"name": "finetune-spectral", "order": 2,
@@ -37,31 +41,35 @@ STUDY = {"name": "finetune-spectral", "order": 2,
                          "perplexity"),
          "source": "spectral fine-tuning homework; IR-Triplets (InductiveSLM)"}
 
-__all__ = ["Config", "DataConfig", "SpectralConfig", "Result", "check", "run", "SUMMARY_KEYS"]
+__all__ = ["Config", "DataConfig", "SpectralConfig", "Result", "SUMMARY", "check",
+           "delta_alpha", "interpret", "matrix_kind", "plot", "report", "run"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: the training loop checkpoints every
 # epoch (and every ``train.checkpoint_every`` steps).
 RESUMES = True
 
-SUMMARY_KEYS: dict[str, str] = {
-    "model": "the model reference fine-tuned",
-    "n_layers": "layers with a power-law fit before and after",
-    "mean_alpha_pre": "mean α before fine-tuning",
-    "mean_alpha_post": "mean α after fine-tuning",
-    "good_layers_pre": "layers with 2 ≤ α ≤ 6 before",
-    "good_layers_post": "layers with 2 ≤ α ≤ 6 after",
-    "test_loss": "mean token loss on the test split after fine-tuning (padding excluded)",
-    "perplexity": "exp(test_loss)",
-    "train_seconds": "wall time of the optimisation steps",
-    "test_loss_pre": "test loss before fine-tuning",
-    "perplexity_pre": "perplexity before fine-tuning",
-    "data_source": "the text the model was trained on",
-    "n_train": "training examples",
-    "n_test": "test examples",
-    "steps": "optimisation steps",
-    "tokens_per_second": "training tokens per second",
-    "tracking_seconds": "time spent in spectral tracking during training",
-}
+#: The keys of ``summary.json``, their types and meaning.
+SUMMARY = Summary(
+    SummaryKey("model", str, "the model reference fine-tuned"),
+    SummaryKey("n_layers", int, "layers with a power-law fit before and after"),
+    SummaryKey("mean_alpha_pre", float, "mean α before fine-tuning", headline=True),
+    SummaryKey("mean_alpha_post", float, "mean α after fine-tuning", headline=True),
+    SummaryKey("good_layers_pre", int, "layers with 2 ≤ α ≤ 6 before"),
+    SummaryKey("good_layers_post", int, "layers with 2 ≤ α ≤ 6 after"),
+    SummaryKey("test_loss", float,
+               "mean token loss on the test split after fine-tuning (padding excluded)",
+               headline=True),
+    SummaryKey("perplexity", float, "exp(test_loss)", headline=True),
+    SummaryKey("train_seconds", float, "wall time of the optimisation steps"),
+    SummaryKey("test_loss_pre", float, "test loss before fine-tuning"),
+    SummaryKey("perplexity_pre", float, "perplexity before fine-tuning"),
+    SummaryKey("data_source", str, "the text the model was trained on"),
+    SummaryKey("n_train", int, "training examples"),
+    SummaryKey("n_test", int, "test examples"),
+    SummaryKey("steps", int, "optimisation steps"),
+    SummaryKey("tokens_per_second", float, "training tokens per second"),
+    SummaryKey("tracking_seconds", float, "time spent in spectral tracking during training"),
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,17 @@ class SpectralConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The study's configuration (``--set model=...``, ``--set train.lr=...``)."""
+    """The study's configuration (``--set model=...``, ``--set train.lr=...``).
+
+    Attributes:
+        model: the causal LM to fine-tune: an offline name (``smollm2-135m``), a model
+            directory, or a Hugging Face hub id when the hub is reachable.
+        data: the records and their split.
+        train: the fine-tuning recipe.
+        spectral: how α is measured before, during and after.
+        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+        seed: seeds the model's new weights, the data order and dropout.
+    """
 
     model: str = "distilgpt2"
     data: DataConfig = field(default_factory=DataConfig)
@@ -144,11 +162,27 @@ class Config:
 
 @dataclass(frozen=True)
 class Result:
-    """Per-layer tables before and after, the α trajectory, the training log and summary."""
+    """Everything the figures and the report need.
 
+    Attributes:
+        config: the config that ran.
+        pre: one row per layer before fine-tuning (weightwatcher's columns).
+        post: the same after fine-tuning.
+        tracked: α per layer at every tracked step (a ``SpectralTracker`` table).
+        delta: Δα per layer fitted before and after, in depth order (:func:`delta_alpha`).
+        stages: one row per stage (pre-trained, fine-tuned): mean α, good layers, test loss,
+            perplexity.
+        history: the training log, one row per step.
+        evals: the test evaluations, one row per epoch.
+        summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+    """
+
+    config: Config
     pre: pd.DataFrame
     post: pd.DataFrame
     tracked: pd.DataFrame
+    delta: pd.DataFrame
+    stages: pd.DataFrame
     history: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     summary: dict[str, Any]
@@ -212,7 +246,11 @@ def _stage_row(stage: str, df: pd.DataFrame, loss: float, ppl: float) -> dict[st
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
-    """Fine-tune ``cfg.model`` with α tracking; write tables, figures, summary and report."""
+    """Fine-tune ``cfg.model`` with α tracking; write the per-layer and summary tables.
+
+    Under torchrun every process analyses the model before and after training (only the main
+    one tracks α during training and writes to ``run_dir``), so each returns a whole Result.
+    """
     from lmlab.data import CausalLMCollator, tokenize_texts
     from lmlab.models.hf import load_causal_lm
     from lmlab.runtime import resolve_device
@@ -237,24 +275,25 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     if ctx.is_main:  # a resumed run: keep what was logged up to its checkpoint
         run_dir.rewind_metrics(checkpoint_step(run_dir.checkpoints_dir))
         tracker.restore(run_dir.read_metrics())
-    pre = tracker.record(0, model) if ctx.is_main else pd.DataFrame()
+    pre = tracker.record(0, model)
     timed = Timed(tracker)
     result = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=test_ex,
                    callbacks=[timed], checkpoint_dir=run_dir.checkpoints_dir, resume=True,
                    device=device, log=run_dir.log_metrics if ctx.is_main else None, ctx=ctx,
                    progress=True)
-    if not ctx.is_main:
-        return Result(pre, pre, pd.DataFrame(), result.history, result.evals, {})
     post = tracker.record(result.steps, model)
     final = result.evals[-1]
     summary = _summary(cfg, pre, post, pre_eval, final, result, source, len(train_ex),
                        len(test_ex), timed.seconds)
+    stages = pd.DataFrame([
+        _stage_row("pre-trained", pre, pre_eval.loss, pre_eval.perplexity),
+        _stage_row("fine-tuned", post, summary["test_loss"], summary["perplexity"]),
+    ])
     run_dir.save_table("spectra_pre.csv", pre)
     run_dir.save_table("spectra_post.csv", post)
-    run_dir.save_summary(summary)
-    out = Result(pre, post, tracker.frame(), result.history, result.evals, summary)
-    _report(cfg, out, run_dir, pre_eval)
-    return out
+    run_dir.save_table("summary_table.csv", stages)
+    return Result(cfg, pre, post, tracker.frame(), delta_alpha(pre, post), stages,
+                  result.history, result.evals, summary)
 
 
 def _summary(cfg: Config, pre: pd.DataFrame, post: pd.DataFrame, pre_eval: Any,
@@ -277,21 +316,55 @@ def _summary(cfg: Config, pre: pd.DataFrame, post: pd.DataFrame, pre_eval: Any,
     }
 
 
+def matrix_kind(longname: str) -> str:
+    """The matrix type of a layer from its module path (its last component).
+
+    >>> matrix_kind("model.layers.3.self_attn.q_proj"), matrix_kind("transformer.wte")
+    ('q_proj', 'wte')
+    """
+    return str(longname).split(".")[-1]
+
+
+def delta_alpha(pre: pd.DataFrame, post: pd.DataFrame) -> pd.DataFrame:
+    """Δα = α(after) − α(before) of every layer fitted both times, in depth order.
+
+    Returns:
+        One row per layer: ``layer_id``, ``longname``, ``alpha_pre``, ``alpha_post``,
+        ``delta`` and ``kind`` (:func:`matrix_kind`).
+
+    >>> pre = pd.DataFrame({"layer_id": [2, 1], "longname": ["a.v", "a.q"],
+    ...                     "alpha": [5.0, 3.0], "status": ["success"] * 2})
+    >>> d = delta_alpha(pre, pre.assign(alpha=[5.5, 2.5]))
+    >>> d[["longname", "delta", "kind"]].values.tolist()
+    [['a.q', -0.5, 'q'], ['a.v', 0.5, 'v']]
+    """
+    cols = ["layer_id", "longname", "alpha"]
+    a = pre[pre["status"] == "success"][cols]
+    b = post[post["status"] == "success"][cols]
+    merged = a.merge(b, on=["layer_id", "longname"], suffixes=("_pre", "_post"))
+    merged = merged.sort_values("layer_id").reset_index(drop=True)
+    merged["delta"] = merged["alpha_post"] - merged["alpha_pre"]
+    merged["kind"] = merged["longname"].map(matrix_kind)
+    return merged
+
+
 # ----------------------------------------------------------------------------- report
 
 
-def interpret(pre: pd.DataFrame, post: pd.DataFrame, threshold: float = 0.1) -> str:
+def interpret(delta: pd.DataFrame, threshold: float = 0.1) -> str:
     """A short reading of how α moved: which layers, which way, and what the band means.
+
+    Args:
+        delta: the per-layer table of :func:`delta_alpha`.
+        threshold: a layer "moved" when ``|Δα|`` exceeds this.
 
     >>> pre = pd.DataFrame({"layer_id": [1, 2], "longname": ["a.q", "a.v"],
     ...                     "alpha": [3.0, 5.0], "status": ["success"] * 2})
     >>> post = pre.assign(alpha=[2.5, 5.02])
-    >>> "1 of 2 layers moved by more than 0.1" in interpret(pre, post)
+    >>> "1 of 2 layers moved by more than 0.1" in interpret(delta_alpha(pre, post))
     True
     """
-    from lmlab.plotting.finetune import _merged
-
-    m = _merged(pre, post)
+    m = delta
     if m.empty:
         return "No layer had a power-law fit both before and after training."
     moved = m[m["delta"].abs() > threshold]
@@ -321,39 +394,40 @@ def interpret(pre: pd.DataFrame, post: pd.DataFrame, threshold: float = 0.1) -> 
     return "\n\n".join(lines)
 
 
-def _report(cfg: Config, res: Result, run_dir: RunDir, pre_eval: Any) -> None:
-    from lmlab.plotting import figure_of, plot_alpha_over_training
+def plot(result: Result) -> dict[str, Figure]:
+    """Every figure of a finished fine-tune, from the ``Result`` alone."""
+    from lmlab.plotting import captioned, plot_alpha_over_training
     from lmlab.plotting.finetune import plot_delta_alpha, plot_loss_curves, plot_mean_alpha_bars
 
-    s = res.summary
-    table = pd.DataFrame([
-        _stage_row("pre-trained", res.pre, pre_eval.loss, pre_eval.perplexity),
-        _stage_row("fine-tuned", res.post, s["test_loss"], s["perplexity"]),
-    ])
-    run_dir.save_table("summary_table.csv", table)
-    figs = {
-        "mean_alpha.png": (plot_mean_alpha_bars(
-            {"pre-trained": s["mean_alpha_pre"], "fine-tuned": s["mean_alpha_post"]}),
+    s = result.summary
+    means = {"pre-trained": s["mean_alpha_pre"], "fine-tuned": s["mean_alpha_post"]}
+    return {
+        "mean_alpha": captioned(
+            plot_mean_alpha_bars(means),
             "Mean α before and after fine-tuning; dashed lines at α = 2 and 6."),
-        "delta_alpha.png": (plot_delta_alpha(res.pre, res.post),
-                            "Δα per layer in depth order, coloured by matrix type."),
-        "alpha_over_training.png": (plot_alpha_over_training(res.tracked),
-                                    "α per layer during training (thin) and their mean (thick)."),
-        "loss.png": (plot_loss_curves(res.history, res.evals),
-                     "Training loss per step and test loss after each epoch."),
+        "delta_alpha": captioned(plot_delta_alpha(result.delta),
+                                 "Δα per layer in depth order, coloured by matrix type."),
+        "alpha_over_training": captioned(
+            plot_alpha_over_training(result.tracked),
+            "α per layer during training (thin) and their mean (thick)."),
+        "loss": captioned(plot_loss_curves(result.history, result.evals),
+                          "Training loss per step and test loss after each epoch."),
     }
-    report = Report(f"Fine-tuning and layer spectra — {cfg.model}")
-    report.add_text(
+
+
+def report(result: Result, figures: dict[str, Figure]) -> Report:
+    """The report of a finished fine-tune."""
+    cfg, s = result.config, result.summary
+    rep = Report(f"Fine-tuning and layer spectra — {cfg.model}")
+    rep.add_text(
         f"**{cfg.model}** fine-tuned on {s['n_train']} examples of {s['data_source']} "
         f"({s['n_test']} held out), {s['steps']} steps of batch {cfg.train.batch_size}; "
         f"α per layer by weightwatcher's estimator before, every {cfg.spectral.track_every} "
         "steps, and after training.")
-    report.add_table(table, caption="Summary (test loss = mean token loss, padding excluded)")
-    report.add_key_values({k: s[k] for k in SUMMARY_KEYS if k in s}, caption="summary.json")
-    for name, (ax, caption) in figs.items():
-        run_dir.save_figure(figure_of(ax), name.removesuffix(".png"))
-        report.add_figure(f"figures/{name}", caption)
-    report.add_heading("Interpretation")
-    report.add_text(interpret(res.pre, res.post))
-    write_report(run_dir, report)
-
+    rep.add_table(result.stages,
+                  caption="Summary (test loss = mean token loss, padding excluded)")
+    rep.add_key_values({k.key: s[k.key] for k in SUMMARY if k.key in s}, caption="summary.json")
+    rep.add_figures(figures, names=["mean_alpha", "delta_alpha", "alpha_over_training", "loss"])
+    rep.add_heading("Interpretation")
+    rep.add_text(interpret(result.delta))
+    return rep

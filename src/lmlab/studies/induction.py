@@ -36,10 +36,13 @@ import numpy as np
 import pandas as pd
 
 from lmlab.errors import LmlabError
-from lmlab.runs import Report, RunDir, write_report
+from lmlab.runs import Report, RunDir
+from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.sweep import SweepConfig
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from lmlab.studies.induction_train import TrainSetting
 
 #: Read by the registry without importing this module.
@@ -48,20 +51,42 @@ STUDY = {"name": "induction", "order": 7,
                          "and QK–OV composition"),
          "source": "Song, Xu, Zhong, PNAS 2025"}
 
-__all__ = ["Config", "Result", "SUMMARY_KEYS", "TrainCell", "cells_of", "check", "run",
-           "setting_name", "train_cell"]
+__all__ = ["Config", "Result", "SUMMARY", "TrainCell", "cells_of", "check", "plot", "report",
+           "run", "setting_name", "train_cell"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: every setting checkpoints every
 # ``save_every`` steps in ``<run>/settings``.
 RESUMES = True
 
-SUMMARY_KEYS: dict[str, str] = {
-    "settings.<name>.transition_step": "first checkpoint with OOD error < 0.5 (null: never)",
-    "settings.<name>.final_err_id, final_err_ood": "errors on the full test sets at the end",
-    "settings.<name>.match_r5_at_end": "QK–OV subspace matching at rank 5, last checkpoint",
-    "baseline_r5": "the same statistic for random subspaces",
-    "measure_seconds": "the measurement pass over every checkpoint of every setting",
-}
+#: The keys of ``summary.json``, their types and meaning.
+SUMMARY = Summary(
+    SummaryKey("steps", int, "optimisation steps per setting"),
+    SummaryKey("num_layers", int, "transformer layers"),
+    SummaryKey("seed", int, "the training seed of every setting"),
+    SummaryKey("conventions.R", str, "the rotary matrix R of the QK circuit (its rel_dist)"),
+    SummaryKey("conventions.argmax_axis", str, "the token mismatch's argmax axis (row or col)"),
+    SummaryKey("conventions.layernorm", str, "LayerNorm gains ignored or folded in"),
+    SummaryKey("baseline_r5", float, "the QK–OV matching at rank 5 of random subspaces",
+               headline=True),
+    SummaryKey("measure_seconds", float,
+               "the measurement pass over every checkpoint of every setting"),
+    SummaryKey("settings", dict, "one entry per setting, by its name", headline=True),
+    SummaryKey("settings.<name>.pool", int, "the pattern-pool size (null: infinite)"),
+    SummaryKey("settings.<name>.transition_step", int,
+               "first checkpoint with OOD error < 0.5 (null: never)"),
+    SummaryKey("settings.<name>.final_err_id", float, "ID error on the full test set at the end"),
+    SummaryKey("settings.<name>.final_err_ood", float,
+               "OOD error on the full test set at the end"),
+    SummaryKey("settings.<name>.final_err_id_nofloor", float,
+               "floor-free ID error on the full test set at the end"),
+    SummaryKey("settings.<name>.final_err_ood_nofloor", float,
+               "floor-free OOD error on the full test set at the end"),
+    SummaryKey("settings.<name>.match_r5_at_end", float,
+               "QK–OV subspace matching at rank 5, last checkpoint"),
+    SummaryKey("settings.<name>.zscore_at_end", float,
+               "diagonal z-score of W_qk W_ov, last checkpoint"),
+    SummaryKey("settings.<name>.checkpoints", int, "checkpoints measured"),
+)
 
 _NAMES = {0: "infinite_pool_size", 100: "small_pool_size", 1000: "large_pool_size",
           740: "boundary_pool_size_740", 750: "boundary_pool_size_750"}
@@ -81,14 +106,18 @@ class Config:
         steps: optimisation steps per setting (batch 50 of fresh sequences each).
         save_every: checkpoint (and full ID/OOD evaluation) interval.
         eval_every: interval of the cheap error estimates (``eval_cheap`` ID + OOD sequences).
+        eval_cheap: sequences in each cheap ID and OOD estimate.
         eval_full: sequences in each full ID and OOD test set.
         num_layers: transformer layers (1: the control that cannot compose).
         seed: the training seed of every setting (the authors': 2026).
         ranks_plotted: the ranks r of the QK–OV matching panels.
-        r_sign, argmax_axis, layernorm: measurement conventions (recorded with the results).
+        r_sign, argmax_axis, layernorm: measurement conventions of the QK–OV matching (the
+            sign of r, the axis of the argmax, how layer norms enter; recorded with the
+            results).
         runs_dir: where the settings' run folders go (default: ``<run>/settings``); a rerun with
             the same folder resumes each setting from its last checkpoint.
         sweep: how settings run in parallel (default: two processes, one thread each).
+        device: ``cpu`` or ``cuda``.
     """
 
     pools: tuple[int, ...] = (0, 100, 1000, 740, 750)
@@ -190,11 +219,27 @@ def cells_of(cfg: Config, root: Path) -> list[TrainCell]:
 
 @dataclass(frozen=True)
 class Result:
-    """Training summaries, the per-checkpoint measurements, and the summary."""
+    """Everything the figures and the report need.
 
+    Attributes:
+        config: the config that ran.
+        summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+        training: one row per setting: its training summary.
+        measures: one row per (setting, checkpoint): the circuit measurements.
+        errors: per setting, its error log (cheap estimates and full evaluations, ``full``
+            true), as in its ``err_arr.json``.
+        baseline: the random-subspace matching score at ranks 1..32.
+        pool_sweep: one row per setting with a final OOD error: ``pool`` (inf: an infinite
+            pool) and ``final_err_ood``.
+    """
+
+    config: Config
+    summary: dict[str, Any]
     training: pd.DataFrame
     measures: pd.DataFrame
-    summary: dict[str, Any]
+    errors: dict[str, pd.DataFrame]
+    baseline: np.ndarray
+    pool_sweep: pd.DataFrame
 
 
 def check(cfg: Config) -> None:
@@ -203,15 +248,15 @@ def check(cfg: Config) -> None:
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
-    """Train every setting (in parallel, resumable), measure every checkpoint, plot, report."""
+    """Train every setting (in parallel, resumable) and measure every checkpoint."""
     from lmlab.circuits import MeasureConfig, measure_runs, random_baseline
     from lmlab.sweep import run_sweep
 
     root = Path(cfg.runs_dir) if cfg.runs_dir else run_dir.path / "settings"
     cells = cells_of(cfg, root)
     training = run_sweep(train_cell, cells, cfg.sweep, store=root / "sweep",
-                         desc="induction settings")
-    run_dir.save_table("training.csv", training.drop(columns=["cell"], errors="ignore"))
+                         desc="induction settings").drop(columns=["cell"], errors="ignore")
+    run_dir.save_table("training.csv", training)
     mcfg = MeasureConfig(r_sign=cfg.r_sign, argmax_axis=cfg.argmax_axis,  # type: ignore[arg-type]
                          layernorm=cfg.layernorm)  # type: ignore[arg-type]
     start = time.perf_counter()
@@ -219,11 +264,10 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     measure_seconds = time.perf_counter() - start
     run_dir.save_table("measures.csv", measures)
     baseline = random_baseline(64, list(range(1, 33)))
-    summary = _summary(cfg, cells, measures, baseline, measure_seconds)
-    run_dir.save_summary(summary)
-    result = Result(training, measures, summary)
-    _report(cfg, result, baseline, run_dir)
-    return result
+    errors = {c.name: _errors(c.out_dir) for c in cells}
+    summary = _summary(cfg, cells, errors, measures, baseline, measure_seconds)
+    return Result(cfg, summary, training, measures, errors, np.asarray(baseline),
+                  _pool_sweep(summary))
 
 
 def _errors(out_dir: str) -> pd.DataFrame:
@@ -240,11 +284,12 @@ def _errors(out_dir: str) -> pd.DataFrame:
     return df
 
 
-def _summary(cfg: Config, cells: list[TrainCell], measures: pd.DataFrame,
-             baseline: np.ndarray, measure_seconds: float) -> dict[str, Any]:
+def _summary(cfg: Config, cells: list[TrainCell], errors: dict[str, pd.DataFrame],
+             measures: pd.DataFrame, baseline: np.ndarray,
+             measure_seconds: float) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for cell in cells:
-        err = _errors(cell.out_dir)
+        err = errors[cell.name]
         full = err[err["full"]].sort_values("epoch")
         below = full[full["err_ood"] < 0.5]
         m = measures[measures["setting"] == cell.name].sort_values("step")
@@ -273,13 +318,56 @@ def _last(df: pd.DataFrame, col: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _report(cfg: Config, res: Result, baseline: np.ndarray, run_dir: RunDir) -> None:
-    from lmlab.plotting import figure_of
+def _pool_sweep(summary: dict[str, Any]) -> pd.DataFrame:
+    """The final OOD error of every setting that has one, against its pool (inf: infinite)."""
+    rows = [(float(info["pool"] or math.inf), info["final_err_ood"])
+            for info in summary["settings"].values() if info["final_err_ood"] is not None]
+    return pd.DataFrame(rows, columns=["pool", "final_err_ood"], dtype=float)
+
+
+def plot(result: Result) -> dict[str, Figure]:
+    """Every figure of a finished run, from the ``Result`` alone: five panels per setting,
+    the settings overlaid, and (with two settings or more) OOD error against the pool size.
+
+    >>> err = pd.DataFrame({"epoch": [-1, 19], "err_test": [0.97, 0.9], "err_ood": [0.98, 0.98],
+    ...                     "full": [True, True]})
+    >>> m = pd.DataFrame({"setting": "a", "step": [0, 20], "zscore": [0.1, 0.2],
+    ...                   "mismatch": [0.9, 0.9], "match_r5": [0.4, 0.5]})
+    >>> res = Result(Config.quick(), {"settings": {"a": {"pool": None}}}, pd.DataFrame(), m,
+    ...              {"a": err}, np.linspace(0.1, 1, 32), _pool_sweep({"settings": {}}))
+    >>> sorted(plot(res))
+    ['overlay', 'setting_a']
+    """
+    from lmlab.plotting import captioned
     from lmlab.plotting.induction import plot_overlay, plot_pool_sweep, plot_setting_panels
 
-    s = res.summary
-    report = Report("Induction heads, composition and OOD copying")
-    report.add_text(
+    cfg, measures = result.config, result.measures
+    figures: dict[str, Figure] = {}
+    for name, info in result.summary["settings"].items():
+        fig = plot_setting_panels(result.errors[name], measures[measures["setting"] == name],
+                                  result.baseline, ranks=cfg.ranks_plotted,
+                                  title=f"{name} (pool {info['pool'] or '∞'})")
+        figures[f"setting_{name}"] = captioned(
+            fig, f"{name}: ID/OOD error (log step), diagonal z-score, QK–OV matching vs the "
+                 "random baseline, token mismatch, embedding–OV matching.")
+    figures["overlay"] = captioned(plot_overlay(result.errors, measures),
+                                   "All settings: OOD error and QK–OV matching (r = 5) against "
+                                   "steps.")
+    if len(result.pool_sweep) > 1:
+        pools = {float(p): float(e) for p, e in zip(result.pool_sweep["pool"],
+                                                     result.pool_sweep["final_err_ood"],
+                                                     strict=True)}
+        figures["pool_sweep"] = captioned(
+            plot_pool_sweep(pools, steps=cfg.steps),
+            f"OOD error after {cfg.steps:,} steps against the pool size.")
+    return figures
+
+
+def report(result: Result, figures: dict[str, Figure]) -> Report:
+    """The report of a finished run: what ran, the table per setting, the figures."""
+    cfg, s = result.config, result.summary
+    rep = Report("Induction heads, composition and OOD copying")
+    rep.add_text(
         f"2-layer rotary attention-only transformer (d 64, vocabulary 64, one head per layer"
         f"{'' if cfg.num_layers == 2 else f'; here {cfg.num_layers} layers'}), copying task of "
         f"length 64 with a segment of 10–19 tokens written twice over a Zipf background; "
@@ -291,29 +379,10 @@ def _report(cfg: Config, res: Result, baseline: np.ndarray, run_dir: RunDir) -> 
         "variant is in the table. Measurement conventions: "
         f"{s['conventions']['R']}, argmax over {cfg.argmax_axis}s, LayerNorm {cfg.layernorm}.")
     rows = [{"setting": k, **v} for k, v in s["settings"].items()]
-    report.add_table(pd.DataFrame(rows), caption=f"Per setting (random baseline at r = 5: "
-                                                  f"{s['baseline_r5']:.3f})")
-    for cell_name, info in s["settings"].items():
-        err = _errors(str(Path(cfg.runs_dir or run_dir.path / "settings") / cell_name))
-        m = res.measures[res.measures["setting"] == cell_name]
-        fig = plot_setting_panels(err, m, baseline, ranks=cfg.ranks_plotted,
-                                  title=f"{cell_name} (pool {info['pool'] or '∞'})")
-        run_dir.save_figure(fig, f"setting_{cell_name}")
-        report.add_figure(f"figures/setting_{cell_name}.png",
-                          f"{cell_name}: ID/OOD error (log step), diagonal z-score, QK–OV "
-                          "matching vs the random baseline, token mismatch, embedding–OV "
-                          "matching.")
-    errs = {name: _errors(str(Path(cfg.runs_dir or run_dir.path / "settings") / name))
-            for name in s["settings"]}
-    run_dir.save_figure(figure_of(plot_overlay(errs, res.measures)), "overlay")
-    report.add_figure("figures/overlay.png", "All settings: OOD error and QK–OV matching "
-                                             "(r = 5) against steps.")
-    pools = {info["pool"] or math.inf: info["final_err_ood"] for info in s["settings"].values()
-             if info["final_err_ood"] is not None}
-    if len(pools) > 1:
-        run_dir.save_figure(figure_of(plot_pool_sweep(pools, steps=cfg.steps)), "pool_sweep")
-        report.add_figure("figures/pool_sweep.png",
-                          f"OOD error after {cfg.steps:,} steps against the pool size.")
-    report.add_text(f"Measurement pass over every checkpoint of every setting: "
-                    f"{s['measure_seconds']:.1f} s.")
-    write_report(run_dir, report)
+    rep.add_table(pd.DataFrame(rows), caption=f"Per setting (random baseline at r = 5: "
+                                              f"{s['baseline_r5']:.3f})")
+    rep.add_figures(figures, names=[*(f"setting_{name}" for name in s["settings"]), "overlay",
+                                    "pool_sweep"])
+    rep.add_text(f"Measurement pass over every checkpoint of every setting: "
+                 f"{s['measure_seconds']:.1f} s.")
+    return rep

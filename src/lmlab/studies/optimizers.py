@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from lmlab.errors import LmlabError
-from lmlab.runs import Report, RunDir, write_report
+from lmlab.runs import Report, RunDir
+from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.train.loop import TrainConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Read by the registry without importing this module.
 STUDY = {"name": "optimizers", "order": 3,
@@ -34,20 +40,27 @@ STUDY = {"name": "optimizers", "order": 3,
                          "loss, perplexity, time"),
          "source": "optimizer/hooks mini-study; WikiText-2"}
 
-__all__ = ["Config", "LinesData", "Result", "check", "check_lines_data", "run", "SUMMARY_KEYS",
-           "load_lines_data"]
+__all__ = ["Config", "LinesData", "Result", "SUMMARY", "check", "check_lines_data",
+           "drop_checkpoints", "load_lines_data", "plot", "report", "run", "train_fresh"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: each optimiser's training checkpoints
 # every epoch (``train.checkpoint_every``).
 RESUMES = True
 
-SUMMARY_KEYS: dict[str, str] = {
-    "model": "the model reference",
-    "data_source": "the text trained and validated on",
-    "<optimizer>.final_train_loss": "training loss of the last step",
-    "<optimizer>.val_perplexity": "validation perplexity after the last epoch",
-    "<optimizer>.seconds": "wall time of that optimiser's training",
-}
+#: The keys of ``summary.json``, their types and meaning (``<optimizer>``: each one that ran).
+SUMMARY = Summary(
+    SummaryKey("model", str, "the model reference"),
+    SummaryKey("data_source", str, "the text trained and validated on"),
+    SummaryKey("train_tokens", int, "tokens of the training split", headline=True),
+    SummaryKey("val_tokens", int, "tokens of the validation split", headline=True),
+    SummaryKey("<optimizer>.final_train_loss", float, "training loss of the last step",
+               headline=True),
+    SummaryKey("<optimizer>.val_perplexity", float, "validation perplexity after the last epoch",
+               headline=True),
+    SummaryKey("<optimizer>.seconds", float, "wall time of that optimiser's training",
+               headline=True),
+    SummaryKey("<optimizer>.parameters", int, "parameters of the model trained"),
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,20 @@ class LinesData:
 
 @dataclass(frozen=True)
 class Config:
-    """Optimisers to compare and the shared recipe (``train.optimizer`` is set per run)."""
+    """Optimisers to compare and the shared recipe (``train.optimizer`` is set per run).
+
+    Attributes:
+        model: the pretrained causal LM (an offline name, a model directory or a hub id).
+        optimizers: the optimisers compared, each a fresh copy of the model (any
+            ``torch.optim`` name, e.g. ``adamw``, ``sgd``, ``adam``, ``rmsprop``).
+        data: the text lines and their token budget.
+        train: the shared training recipe.
+        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+        keep_checkpoints: keep the training checkpoints (weights + optimiser state, several
+            hundred MB each) after the study has finished; they let an interrupted run resume
+            with ``--resume`` and are deleted at the end otherwise.
+        seed: seeds every variant's data order and new weights alike.
+    """
 
     model: str = "gpt2"
     optimizers: tuple[str, ...] = ("adamw", "sgd")
@@ -80,8 +106,6 @@ class Config:
         epochs=5, batch_size=4, lr=1e-4, warmup_steps=0, schedule="constant",
         max_grad_norm=1.0, weight_decay=0.01))
     device: str = "auto"
-    # Training checkpoints (weights + optimiser state, several hundred MB each) let an
-    # interrupted run resume with --resume; they are deleted once the study has finished.
     keep_checkpoints: bool = False
     seed: int = 42
 
@@ -110,10 +134,21 @@ class Config:
 
 @dataclass(frozen=True)
 class Result:
-    """Per-step losses and per-epoch evaluations of every optimiser, and the summary."""
+    """Everything the figures and the report need.
 
+    Attributes:
+        config: the config that ran.
+        history: one row per optimiser and training step (``optimizer``, ``step``, ``loss``...).
+        evals: one row per optimiser and epoch (``optimizer``, ``epoch``, ``perplexity``...).
+        table: one row per optimiser: final training loss, validation perplexity, wall time,
+            parameters (also ``optimizers.csv``).
+        summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+    """
+
+    config: Config
     history: pd.DataFrame
     evals: pd.DataFrame
+    table: pd.DataFrame
     summary: dict[str, Any]
 
 
@@ -177,13 +212,62 @@ def check(cfg: Config) -> None:
     check_lines_data(cfg.data)
 
 
+def train_fresh(model_ref: str, run_dir: RunDir, tag: dict[str, str], tcfg: TrainConfig,
+                train_ex: list[list[int]], val_ex: list[list[int]], *, collate: Any,
+                device: Any, seed: int,
+                within: Callable[[Any], AbstractContextManager[Any]] | None = None,
+                ) -> tuple[Any, int]:
+    """Train a fresh copy of ``model_ref`` from ``seed``, resumable, as one variant of a study.
+
+    Every variant starts from the same weights, data and order. Its metrics carry ``tag``
+    (e.g. ``{"optimizer": "sgd"}``) and its checkpoints go to ``checkpoints/<tag value>``, so
+    an interrupted run continues each variant from its own last checkpoint.
+
+    Args:
+        model_ref: the model reference to load.
+        run_dir: the study's run directory.
+        tag: one column and its value for this variant's metrics rows; the value must be a
+            safe folder name.
+        tcfg: the training recipe.
+        train_ex, val_ex: tokenised training and validation examples.
+        collate: the batch collator.
+        device: where to train.
+        seed: seeds every RNG before the model is loaded.
+        within: a context (e.g. an ablation) entered around training, given the model.
+
+    Returns:
+        The training result and the model's number of parameters.
+    """
+    from lmlab.models.hf import load_causal_lm
+    from lmlab.runtime import seed_everything
+    from lmlab.train import train
+    from lmlab.train.checkpoint import checkpoint_step
+
+    ((_, name),) = tag.items()
+    seed_everything(seed)
+    model, _ = load_causal_lm(model_ref, device=device)
+    ckpt = run_dir.checkpoints_dir / name
+    run_dir.rewind_metrics(checkpoint_step(ckpt), **tag)  # a resumed run
+    with within(model) if within is not None else nullcontext():
+        res = train(model, train_ex, collate=collate, cfg=tcfg, eval_examples=val_ex,
+                    device=device, progress=True, log=run_dir.metrics_sink(**tag),
+                    checkpoint_dir=ckpt, resume=True)
+    return res, sum(p.numel() for p in model.parameters())
+
+
+def drop_checkpoints(run_dir: RunDir, keep: bool) -> None:
+    """Delete the training checkpoints of a finished run unless ``keep`` (they are only
+    there to resume an interrupted run, and weigh several hundred MB each)."""
+    if not keep:
+        shutil.rmtree(run_dir.checkpoints_dir, ignore_errors=True)
+        run_dir.checkpoints_dir.mkdir(exist_ok=True)
+
+
 def run(cfg: Config, run_dir: RunDir) -> Result:
     """Train one fresh copy of the model per optimiser; compare losses, perplexity, time."""
     from lmlab.data import CausalLMCollator
     from lmlab.models.hf import load_causal_lm
-    from lmlab.runtime import resolve_device, seed_everything
-    from lmlab.train import train
-    from lmlab.train.checkpoint import checkpoint_step
+    from lmlab.runtime import resolve_device
 
     device = resolve_device(cfg.device)
     _, tokenizer = load_causal_lm(cfg.model)
@@ -194,62 +278,51 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     summary: dict[str, Any] = {"model": cfg.model, "data_source": source,
                                "train_tokens": sum(map(len, train_ex)),
                                "val_tokens": sum(map(len, val_ex))}
-    for name in cfg.optimizers:
-        seed_everything(cfg.seed)
-        model, _ = load_causal_lm(cfg.model, device=device)
+    for name in cfg.optimizers:  # a torch.optim name (validated): a safe folder name
         tcfg = dataclasses.replace(
             cfg.train, optimizer=name, seed=cfg.seed,
             weight_decay=cfg.train.weight_decay if name.lower() == "adamw" else 0.0)
-        ckpt = run_dir.checkpoints_dir / name  # a torch.optim name (validated): a safe folder
-        run_dir.rewind_metrics(checkpoint_step(ckpt), optimizer=name)  # a resumed run
-        res = train(model, train_ex, collate=collate, cfg=tcfg, eval_examples=val_ex,
-                    device=device, progress=True, log=run_dir.metrics_sink(optimizer=name),
-                    checkpoint_dir=ckpt, resume=True)
+        res, n_params = train_fresh(cfg.model, run_dir, {"optimizer": name}, tcfg, train_ex,
+                                    val_ex, collate=collate, device=device, seed=cfg.seed)
         histories += [{**r, "optimizer": name} for r in res.history]
         evals += [{**e, "optimizer": name} for e in res.evals]
         summary[name] = {"final_train_loss": res.history[-1]["loss"],
                          "val_perplexity": res.evals[-1]["perplexity"],
-                         "seconds": round(res.seconds, 2),
-                         "parameters": sum(p.numel() for p in model.parameters())}
-        del model
-    run_dir.save_summary(summary)
-    if not cfg.keep_checkpoints:  # only there to resume an interrupted run
-        shutil.rmtree(run_dir.checkpoints_dir, ignore_errors=True)
-        run_dir.checkpoints_dir.mkdir(exist_ok=True)
-    result = Result(pd.DataFrame(histories), pd.DataFrame(evals), summary)
-    _report(cfg, result, run_dir)
-    return result
-
-
-def _report(cfg: Config, res: Result, run_dir: RunDir) -> None:
-    from lmlab.plotting import figure_of, new_axes
-
-    ax = new_axes()
-    for name, g in res.history.groupby("optimizer", sort=False):
-        ax.plot(g["step"], g["loss"], lw=1.2, label=str(name))
-    ax.set(xlabel="iteration", ylabel="training loss (mean token loss)",
-           title="Training loss per iteration")
-    ax.legend(frameon=False)
-    run_dir.save_figure(figure_of(ax), "train_loss")
-    ax = new_axes()
-    for name, g in res.evals.groupby("optimizer", sort=False):
-        ax.plot(g["epoch"] + 1, g["perplexity"], "o-", label=str(name))
-    ax.set(xlabel="epoch", ylabel="validation perplexity", yscale="log",
-           title="Validation perplexity per epoch (padding excluded)")
-    ax.legend(frameon=False)
-    run_dir.save_figure(figure_of(ax), "val_perplexity")
-    table = pd.DataFrame([{"optimizer": n, **res.summary[n]} for n in cfg.optimizers])
+                         "seconds": round(res.seconds, 2), "parameters": n_params}
+    drop_checkpoints(run_dir, cfg.keep_checkpoints)
+    table = pd.DataFrame([{"optimizer": n, **summary[n]} for n in cfg.optimizers])
     run_dir.save_table("optimizers.csv", table)
-    report = Report(f"Optimisers compared — {cfg.model}")
-    report.add_text(
-        f"**{cfg.model}** fine-tuned on {res.summary['train_tokens']} tokens of "
-        f"{res.summary['data_source']} ({res.summary['val_tokens']} validation tokens), "
+    return Result(cfg, pd.DataFrame(histories), pd.DataFrame(evals), table, summary)
+
+
+def plot(result: Result) -> dict[str, Figure]:
+    """Both figures of a finished comparison, from the ``Result`` alone."""
+    from lmlab.plotting import captioned
+    from lmlab.plotting.finetune import plot_perplexity_per_epoch, plot_train_loss
+
+    return {
+        "train_loss": captioned(plot_train_loss(result.history, "optimizer"),
+                                "Training loss per iteration."),
+        "val_perplexity": captioned(
+            plot_perplexity_per_epoch(
+                result.evals, "optimizer",
+                title="Validation perplexity per epoch (padding excluded)"),
+            "Validation perplexity after each epoch."),
+    }
+
+
+def report(result: Result, figures: dict[str, Figure]) -> Report:
+    """The report of a finished comparison."""
+    cfg, s = result.config, result.summary
+    rep = Report(f"Optimisers compared — {cfg.model}")
+    rep.add_text(
+        f"**{cfg.model}** fine-tuned on {s['train_tokens']} tokens of "
+        f"{s['data_source']} ({s['val_tokens']} validation tokens), "
         f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr} "
         f"(constant: {cfg.train.schedule == 'constant'}), gradient clipping "
         f"{cfg.train.max_grad_norm}; the same seed, data and order for every optimiser "
         "(SGD with momentum 0.9 and no weight decay; AdamW with weight decay "
         f"{cfg.train.weight_decay}).")
-    report.add_table(table, caption="Final training loss, validation perplexity, wall time")
-    report.add_figure("figures/train_loss.png", "Training loss per iteration.")
-    report.add_figure("figures/val_perplexity.png", "Validation perplexity after each epoch.")
-    write_report(run_dir, report)
+    rep.add_table(result.table, caption="Final training loss, validation perplexity, wall time")
+    rep.add_figures(figures, names=["train_loss", "val_perplexity"])
+    return rep

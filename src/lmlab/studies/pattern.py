@@ -71,7 +71,7 @@ class SummaryKey:
         """Whether the key has a ``<name>`` segment."""
         return "<" in self.key
 
-    def types(self) -> tuple[type, ...]:
+    def types(self) -> tuple[type, ...]:  # type: ignore[valid-type]
         """The accepted Python types."""
         tps = self.type if isinstance(self.type, tuple) else (self.type,)
         return tuple({t for tp in tps for t in ((int, float) if tp is float else (tp,))})

@@ -58,11 +58,15 @@ def _declared(path: Path) -> dict[str, object] | None:
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
         return None
     for node in tree.body:
-        targets = (node.targets if isinstance(node, ast.Assign) else
-                   [node.target] if isinstance(node, ast.AnnAssign) and node.value else [])
+        if isinstance(node, ast.Assign):
+            targets, expr = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, expr = [node.target], node.value
+        else:
+            continue
         if any(isinstance(t, ast.Name) and t.id == "STUDY" for t in targets):
             try:
-                value = ast.literal_eval(node.value)  # type: ignore[arg-type]
+                value = ast.literal_eval(expr)
             except ValueError:
                 raise LmlabError(f"{path}: STUDY must be a literal dict of strings") from None
             if not isinstance(value, dict) or not all(isinstance(value.get(k), str)

@@ -26,30 +26,34 @@ __all__ = ["build_config", "run_study", "find_resumable"]
 
 
 def build_config(study: str, preset: str = "quick", overrides: Sequence[str] = (),
-                 device: str | None = None) -> Any:
-    """The study's preset config with ``key=value`` overrides (and ``device``) applied.
+                 device: str | None = None, config_file: str | Path | None = None) -> Any:
+    """The study's preset config, then the settings of ``config_file`` (TOML, YAML or JSON,
+    the same keys as ``--set``), then ``key=value`` overrides (and ``device``).
 
     Raises:
         LmlabError: unknown study or preset, unknown key (naming the nearest), bad value.
     """
-    from lmlab.config import apply_overrides
+    from lmlab.config import (
+        apply_overrides,
+        config_from_dict,
+        config_to_dict,
+        flatten_dotted,
+        read_settings_file,
+    )
 
     module = get_study(study)
     if preset not in PRESETS:
         raise LmlabError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     cfg = getattr(module.Config, preset)()
+    if config_file is not None:
+        settings = flatten_dotted(read_settings_file(config_file))
+        try:
+            cfg = config_from_dict(module.Config, {**flatten_dotted(config_to_dict(cfg)),
+                                                   **settings})
+        except LmlabError as e:
+            raise LmlabError(f"{config_file}: {e}") from None
     extra = [f"device={device}"] if device is not None else []
     return apply_overrides(cfg, [*overrides, *extra])
-
-
-def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """The dotted keys whose values differ between two config dicts (metadata keys skipped)."""
-    from lmlab.config import flatten_dotted
-
-    a, b = flatten_dotted(saved), flatten_dotted(wanted)
-    return [f"{key}: {a.get(key)!r} in the run, {b.get(key)!r} now"
-            for key in sorted(set(a) | set(b))
-            if not key.startswith("_") and a.get(key) != b.get(key)]
 
 
 def _alive(pid: Any) -> bool:
@@ -92,7 +96,7 @@ def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
     """The run directory to continue, checked against ``cfg``; None to start a new one."""
     import socket
 
-    from lmlab.config import config_to_dict
+    from lmlab.config import config_diff, config_to_dict
     from lmlab.runs import RunDir
 
     if resume is True:
@@ -110,7 +114,7 @@ def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
             and _alive(meta.get("pid"))):
         raise LmlabError(f"{run_dir.path} is still running (process {meta.get('pid')}); "
                          "stop it first, or wait for it to finish")
-    diff = _differences(run_dir.read_config(), config_to_dict(cfg))
+    diff = config_diff(run_dir.read_config(), config_to_dict(cfg))
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise LmlabError(f"cannot resume {run_dir.path}: its config differs ({shown}); use the "
@@ -118,79 +122,64 @@ def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
     return run_dir
 
 
-def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (),
-              out: str | Path = "runs", device: str | None = None,
-              name: str | None = None, cfg: Any = None,
-              resume: bool | str | Path = False) -> RunDir:
-    """Run ``study`` into a new run directory under ``out`` and return that directory.
+def _open_run_dir(study: str, module: Any, cfg: Any, resume: bool | str | Path,
+                  out: str | Path, label: str) -> tuple[RunDir, dict[str, Any]]:
+    """The run directory to write (new, or the one to resume) and its previous meta."""
+    from lmlab.runs import RunDir
 
-    The resolved config goes to ``config.json``; ``meta.json`` records the study, preset,
-    device, seed, library versions, start time, duration and final status (``finished``,
-    ``interrupted`` or ``failed``).
-
-    With ``resume`` (True: the newest run of this study with the same name under ``out``; or
-    a run directory), an interrupted run continues in its own directory from its last
-    checkpoints; its config must equal ``cfg``. A finished run is returned as it is. Studies
-    that keep no checkpoints (``RESUMES = False``) start again in that directory.
-
-    A ready ``cfg`` (from :func:`build_config`) is used as it is: ``overrides`` and ``device``
-    are then not applied, and ``preset`` only labels the run.
-    """
-    import socket
-
-    from lmlab.runs import RunDir, render_report
-    from lmlab.runtime import environment_info, resolve_device, seed_everything
-
-    module = get_study(study)
-    cfg = cfg if cfg is not None else build_config(study, preset, overrides, device)
-    dev = resolve_device(getattr(cfg, "device", None))
-    if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
-        module.check(cfg)
-    label = name or preset
-    ranked = int(os.environ.get("RANK", "0")) > 0
-    run_dir: RunDir | None = None
     if resume:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise LmlabError("--resume works in a single process; resume without torchrun")
         run_dir = _reopen(study, cfg, resume, out, label)
-    previous: dict[str, Any] = run_dir.read_meta() if run_dir is not None else {}
-    if run_dir is not None and previous.get("status") == "finished":
-        print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
-              file=sys.stderr)
-        return run_dir
-    if run_dir is not None:
-        run_dir.check_writable()
-        if not getattr(module, "RESUMES", False):
-            print(f"lmlab: {study} keeps no checkpoints; it starts again in {run_dir.path}",
-                  file=sys.stderr)
-            run_dir.metrics_path.unlink(missing_ok=True)
-        else:
-            print(f"lmlab: resuming {run_dir.path}", file=sys.stderr)
-    elif ranked:  # torchrun: only rank 0 writes the run directory
+        if run_dir is not None:
+            return run_dir, run_dir.read_meta()
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 writes the run directory
         scratch = tempfile.mkdtemp(prefix=f"lmlab-rank{os.environ['RANK']}-")
-        run_dir = RunDir.create(scratch, study, label)
+        return RunDir.create(scratch, study, label), {}
+    return RunDir.create(out, study, label), {}
+
+
+def _continue(run_dir: RunDir, study: str, module: Any) -> None:
+    """Announce a resumed run; a study without checkpoints starts again in its directory."""
+    run_dir.check_writable()
+    if getattr(module, "RESUMES", False):
+        print(f"lmlab: resuming {run_dir.path}", file=sys.stderr)
     else:
-        run_dir = RunDir.create(out, study, label)
-    seed = getattr(cfg, "seed", None)
-    meta = {"study": study, "preset": preset, "device": str(dev), "seed": seed,
-            "status": "running", "versions": environment_info(dev),
-            "pid": os.getpid(), "host": socket.gethostname()}
+        print(f"lmlab: {study} keeps no checkpoints; it starts again in {run_dir.path}",
+              file=sys.stderr)
+        run_dir.metrics_path.unlink(missing_ok=True)
+
+
+def _start_meta(study: str, preset: str, cfg: Any, dev: Any,
+                previous: dict[str, Any]) -> dict[str, Any]:
+    """``meta.json`` at the start of a run (or of a resumed session)."""
+    import socket
+
+    from lmlab.runtime import environment_info
+
+    meta = {"study": study, "preset": preset, "device": str(dev),
+            "seed": getattr(cfg, "seed", None), "status": "running",
+            "versions": environment_info(dev), "pid": os.getpid(),
+            "host": socket.gethostname()}
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
     if previous:
-        meta.update(resumed=int(previous.get("resumed", 0)) + 1,
-                    resumed_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+        meta.update(resumed=int(previous.get("resumed", 0)) + 1, resumed_at=now)
     else:
-        meta["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    run_dir.save_config(cfg, meta=meta)
-    if seed is not None:
-        seed_everything(int(seed))
+        meta["started"] = now
+    return meta
+
+
+def _execute(run_dir: RunDir, module: Any, cfg: Any, previous: dict[str, Any]) -> None:
+    """Run the study, publish its result, and record the final status and duration."""
+    from lmlab.runs import render_report
+    from lmlab.studies.pattern import publish
+
     start = time.perf_counter()
     before = float(previous.get("duration_s") or 0.0)
     status = "failed"
     try:
         result = module.run(cfg, run_dir)
-        if hasattr(module, "report"):  # the study pattern: the runner saves and draws
-            from lmlab.studies.pattern import publish
-
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 publishes
             publish(run_dir, module, result)
         status = "finished"
     except KeyboardInterrupt:
@@ -201,4 +190,45 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
                              "duration_s": round(before + time.perf_counter() - start, 2)})
         if (run_dir.path / "report.json").exists():  # the "What ran" section shows the end
             render_report(run_dir)
+
+
+def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (),
+              out: str | Path = "runs", device: str | None = None,
+              name: str | None = None, cfg: Any = None,
+              resume: bool | str | Path = False,
+              config_file: str | Path | None = None) -> RunDir:
+    """Run ``study`` into a new run directory under ``out`` and return that directory.
+
+    The resolved config goes to ``config.json``; ``meta.json`` records the study, preset,
+    device, seed, library versions, start time, duration and final status (``finished``,
+    ``interrupted`` or ``failed``). The study's ``Result`` is saved under ``result/``, its
+    figures under ``figures/`` and its report as ``report.md`` and ``report.html``.
+
+    With ``resume`` (True: the newest run of this study with the same name under ``out``; or
+    a run directory), an interrupted run continues in its own directory from its last
+    checkpoints; its config must equal ``cfg``. A finished run is returned as it is. Studies
+    that keep no checkpoints (``RESUMES = False``) start again in that directory.
+
+    A ready ``cfg`` (from :func:`build_config`) is used as it is: ``overrides``, ``device`` and
+    ``config_file`` are then not applied, and ``preset`` only labels the run.
+    """
+    from lmlab.runtime import resolve_device, seed_everything
+
+    module = get_study(study)
+    cfg = cfg if cfg is not None else build_config(study, preset, overrides, device,
+                                                   config_file)
+    dev = resolve_device(getattr(cfg, "device", None))
+    if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
+        module.check(cfg)
+    run_dir, previous = _open_run_dir(study, module, cfg, resume, out, name or preset)
+    if previous.get("status") == "finished":
+        print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
+              file=sys.stderr)
+        return run_dir
+    if previous:
+        _continue(run_dir, study, module)
+    run_dir.save_config(cfg, meta=_start_meta(study, preset, cfg, dev, previous))
+    if getattr(cfg, "seed", None) is not None:
+        seed_everything(int(cfg.seed))
+    _execute(run_dir, module, cfg, previous)
     return run_dir

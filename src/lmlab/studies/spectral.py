@@ -240,7 +240,8 @@ def plot(result: Result) -> dict[str, Figure]:
     for layer_id, evals in result.esds.items():
         row = df[df["layer_id"] == int(layer_id)].iloc[0]
         fit = _fit_of(row)
-        ax = plot_esd(evals, fit, title=f"layer {layer_id}: {row.longname}", ax=new_axes((6.0, 4.2)))
+        ax = plot_esd(evals, fit, title=f"layer {layer_id}: {row.longname}",
+                      ax=new_axes((6.0, 4.2)))
         alpha = f"α = {fit.alpha:.2f}" if fit is not None else "no fit"
         figures[f"esd_layer_{layer_id}"] = captioned(
             ax, f"ESD of {row.longname} with its fitted tail ({alpha}).")

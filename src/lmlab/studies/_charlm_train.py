@@ -1,0 +1,172 @@
+"""The plumbing of the charlm study's phases: the words, a phase kept in its checkpoint, the
+weights, the metrics rows, evaluation and sampling.
+
+Private to :mod:`lmlab.studies.charlm` (the leading underscore keeps the registry from taking
+it for a study).
+
+>>> import torch
+>>> from lmlab.data.names import Vocab
+>>> vocab = Vocab.from_chars("ab")
+>>> def prefers_a(context: list[int]) -> torch.Tensor:   # 'a' twice, then the end
+...     return torch.tensor([0.0, 20.0, -20.0]) if sum(context) < 2 else torch.tensor(
+...         [20.0, -20.0, -20.0])
+>>> sample(prefers_a, 2, torch.Generator().manual_seed(0), vocab)
+['aa', 'aa']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.runs.io import atomic_save_torch
+
+if TYPE_CHECKING:
+    from lmlab.data.names import Vocab
+    from lmlab.runs import RunDir
+    from lmlab.studies.charlm import NamesData
+
+__all__ = ["Sampler", "Words", "load_words", "log_curves", "mean_loss", "module_state",
+           "sample", "save_weights", "trained"]
+
+Sampler = Callable[[list[int]], torch.Tensor]
+"""The next-token logits of a trained model for a context of token ids."""
+
+
+@dataclass(frozen=True)
+class Words:
+    """The words split 80/10/10, their vocabulary and where they came from."""
+
+    train: list[str]
+    dev: list[str]
+    test: list[str]
+    vocab: Vocab
+    source: str
+
+    def split(self, name: str) -> list[str]:
+        """The words of split ``name`` (``train``, ``dev`` or ``test``)."""
+        return list(getattr(self, name))
+
+
+def load_words(cfg: NamesData) -> Words:
+    """The words of ``cfg``: read, checked against the vocabulary and split.
+
+    Raises:
+        LmlabError: If the file is missing or empty, a word has a character outside a fixed
+            vocabulary, or there are too few words for the split.
+    """
+    from lmlab.data.names import Vocab, names_source, read_words, split_words, ssa_names
+
+    words = read_words(cfg.path) if cfg.path else ssa_names(cfg.year)
+    vocab = Vocab.from_chars(cfg.chars) if cfg.chars is not None else Vocab.from_words(words)
+    vocab.check(words)
+    train, dev, test = split_words(words, cfg.split_seed)
+    if not (train and dev and test):
+        raise LmlabError(f"{len(words)} words are too few for an 80/10/10 split; give at "
+                         "least 10")
+    return Words(train, dev, test, vocab, names_source(cfg.path, cfg.year))
+
+
+def trained(run_dir: RunDir, phase: str, get_state: Callable[[], Any],
+            set_state: Callable[[Any], None], train: Callable[[], Any]) -> Any:
+    """Train one phase, or take it back from ``checkpoints/trained-<phase>.pt``.
+
+    The file (weights and the loop's result: every step's loss, the diagnostics, the timing)
+    is written as soon as the phase has trained, so a resumed run skips the phases that
+    finished and ends with the same numbers and figures.
+
+    Args:
+        run_dir: the run directory.
+        phase: the phase's name (``mlp``, ``wavenet``, ``transformer``).
+        get_state: the trained weights, to keep.
+        set_state: puts kept weights back into the model.
+        train: trains the model and returns the loop's result.
+
+    Returns:
+        The loop's result, fresh or as it was kept.
+    """
+    import dataclasses
+    import sys
+
+    from lmlab.errors import first_line
+    from lmlab.train.sampled import StepResult
+
+    path = run_dir.checkpoints_dir / f"trained-{phase}.pt"
+    if path.is_file():
+        try:  # tensors and plain values only: nothing in the file can run code
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if not (isinstance(saved, dict) and saved.get("phase") == phase):
+                raise ValueError(f"it does not hold the {phase} phase")
+            set_state(saved["state"])
+            return StepResult(**saved["result"])
+        except Exception as e:  # noqa: BLE001 - a torn, foreign or older file: train again
+            print(f"lmlab: cannot use {path} ({first_line(e)}); training the {phase} phase "
+                  "again", file=sys.stderr)
+    result = train()
+    atomic_save_torch(path, {"phase": phase, "state": get_state(),
+                             "result": dataclasses.asdict(result)})
+    return result
+
+
+def module_state(model: torch.nn.Module) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    """``get_state``/``set_state`` of a module for :func:`trained`."""
+
+    def get_state() -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    def set_state(state: dict[str, torch.Tensor]) -> None:
+        model.load_state_dict(state)
+
+    return get_state, set_state
+
+
+def save_weights(run_dir: RunDir, name: str, state: dict[str, Any]) -> None:
+    """Trained weights to ``checkpoints/<name>.pt`` (written atomically)."""
+    atomic_save_torch(run_dir.checkpoints_dir / f"{name}.pt", state)
+
+
+def log_curves(run_dir: RunDir, model: str, names: list[str], losses: torch.Tensor,
+               every: int = 100) -> None:
+    """Metrics rows: the mean training loss of each block of ``every`` steps."""
+    n = losses.shape[1] // every * every
+    if n == 0:
+        return
+    means = losses[:, :n].reshape(losses.shape[0], -1, every).mean(-1)
+    run_dir.log_metrics([{"model": model, "member": name, "step": (j + 1) * every,
+                          "loss": float(means[k, j])}
+                         for k, name in enumerate(names) for j in range(means.shape[1])])
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor,
+              chunk: int = 4096) -> float:
+    """Mean cross-entropy per target character (targets −1 are padding and not scored)."""
+    total, count = 0.0, 0
+    for i in range(0, X.shape[0], chunk):
+        logits, y = model(X[i:i + chunk]), Y[i:i + chunk]
+        total += float(torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1,
+            reduction="sum"))
+        count += int((y >= 0).sum())
+    return total / max(count, 1)
+
+
+def sample(next_logits: Sampler, n: int, gen: torch.Generator, vocab: Vocab,
+           max_len: int = 40) -> list[str]:
+    """``n`` words drawn one character at a time until the boundary token."""
+    out = []
+    for _ in range(n):
+        context, word = [0] * max_len, []
+        for _ in range(max_len):
+            probs = next_logits(context).float().softmax(-1).cpu()
+            ix = int(torch.multinomial(probs, 1, generator=gen))
+            if ix == 0:
+                break
+            word.append(ix)
+            context = context[1:] + [ix]
+        out.append(vocab.decode(word))
+    return out
