@@ -1,8 +1,9 @@
 """The ``lmlab`` command: argparse subcommands that call the library (no science here).
 
     lmlab study list
-    lmlab run <study> [--preset quick|paper] [--set key=value ...] [--out DIR] [--device D]
-                      [--resume [RUN_DIR]]
+    lmlab study show <study>
+    lmlab run <study> [--preset quick|paper] [--config FILE] [--set key=value ...] [--out DIR]
+                      [--device D] [--resume [RUN_DIR]]
     lmlab spectral <model-or-path> [--out DIR] [--format csv|json|parquet] [...]
     lmlab report <run-dir>
 
@@ -40,13 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"lmlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    st = sub.add_parser("study", help="list the studies")
-    st.add_argument("action", choices=["list"], help="what to do")
+    st = sub.add_parser("study", help="list the studies, or show every option of one")
+    st.add_argument("action", choices=["list", "show"],
+                    help="list: the studies; show STUDY: every --set key with its type, "
+                         "defaults and meaning")
+    st.add_argument("study", nargs="?", default=None, help="the study to show")
+    st.add_argument("--markdown", action="store_true",
+                    help="show: Markdown tables of the options and the summary keys")
 
     r = sub.add_parser("run", help="run a study into a new run directory")
     r.add_argument("study", help="study name (see 'lmlab study list'), or 'all' for every "
                                  "study and one index page")
     r.add_argument("--preset", default="quick", help="quick (default) or paper")
+    r.add_argument("--config", dest="config_file", default=None, metavar="FILE",
+                   help="settings from a TOML, YAML or JSON file (the keys of 'lmlab study "
+                        "show STUDY'); --set applies on top")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set max_n=none (repeatable)")
     r.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
@@ -85,8 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_study(args: argparse.Namespace) -> int:
     from lmlab.studies import study_table
 
-    for info in study_table():
-        print(f"{info.name:<12} {info.description}  [{info.source}]")
+    if args.action == "show":
+        from lmlab.studies.options import format_options, markdown_reference
+
+        if not args.study:
+            raise LmlabError("name the study to show, e.g. 'lmlab study show charlm'")
+        if args.study == "all":
+            from lmlab.studies.options import reference_page
+
+            print(reference_page(), end="")
+            return 0
+        print(markdown_reference(args.study) if args.markdown else format_options(args.study))
+        return 0
+    if args.study:
+        raise LmlabError("'lmlab study list' takes no study name; use 'lmlab study show STUDY'")
+    table = study_table()
+    width = max(len(info.name) for info in table)
+    for info in table:
+        print(f"{info.name:<{width}}  {info.description}  [{info.source}]")
     return 0
 
 
@@ -94,9 +119,9 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     from lmlab.errors import LmlabError
     from lmlab.studies.lab import run_all
 
-    if args.overrides or args.name:
-        raise LmlabError("--set and --name apply to one study; run that study on its own to "
-                         "change its settings")
+    if args.overrides or args.name or args.config_file:
+        raise LmlabError("--set, --config and --name apply to one study; run that study on "
+                         "its own to change its settings")
     lab, entries = run_all(args.preset, args.out, args.device, resume=args.resume)
     failed = [e.study for e in entries if e.run_dir is None]
     print(lab / "index.html")
@@ -114,7 +139,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.study == "all":
         return _cmd_run_all(args)
     run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
-                        device=args.device, name=args.name, resume=args.resume)
+                        device=args.device, name=args.name, resume=args.resume,
+                        config_file=args.config_file)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports
         return 0
     _print_summary(run_dir)
@@ -181,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``lmlab study show x | head``)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("lmlab: interrupted; the run directory keeps what was written so far "
               "(run the same command with --resume to continue)", file=sys.stderr)
