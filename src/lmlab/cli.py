@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
     r.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     r.add_argument("--name", default=None, help="label of the run directory (default: preset)")
+    r.add_argument("--check", action="store_true",
+                   help="check the settings and the inputs (model, data, device, --out) "
+                        "without running anything")
     r.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue the newest interrupted run of this command under --out (or "
                         "RUN_DIR) from its last checkpoint, with the same --preset and --set")
@@ -122,6 +125,15 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     if args.overrides or args.name or args.config_file:
         raise LmlabError("--set, --config and --name apply to one study; run that study on "
                          "its own to change its settings")
+    if args.check:
+        from lmlab.studies import run_study, study_names
+
+        for study in study_names():
+            run_study(study, preset=args.preset, out=args.out, device=args.device,
+                      check_only=True)
+        print(f"lmlab: every study's {args.preset} settings and inputs are valid; nothing "
+              "was run")
+        return 0
     lab, entries = run_all(args.preset, args.out, args.device, resume=args.resume)
     failed = [e.study for e in entries if e.run_dir is None]
     print(lab / "index.html")
@@ -140,7 +152,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _cmd_run_all(args)
     run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
                         device=args.device, name=args.name, resume=args.resume,
-                        config_file=args.config_file)
+                        config_file=args.config_file, check_only=args.check)
+    if run_dir is None:
+        print(f"lmlab: {args.study}: the settings and inputs are valid; nothing was run")
+        return 0
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports
         return 0
     _print_summary(run_dir)

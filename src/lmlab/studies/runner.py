@@ -122,6 +122,17 @@ def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
     return run_dir
 
 
+def _check_out(out: str | Path) -> None:
+    """``out`` can hold a new run directory (nothing is created)."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise LmlabError(f"the runs directory {path} is a file; choose a directory instead")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LmlabError(f"cannot write to {existing} (for the runs directory {path}); choose "
+                         "a writable directory")
+
+
 def _open_run_dir(study: str, module: Any, cfg: Any, resume: bool | str | Path,
                   out: str | Path, label: str) -> tuple[RunDir, dict[str, Any]]:
     """The run directory to write (new, or the one to resume) and its previous meta."""
@@ -196,7 +207,7 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
               out: str | Path = "runs", device: str | None = None,
               name: str | None = None, cfg: Any = None,
               resume: bool | str | Path = False,
-              config_file: str | Path | None = None) -> RunDir:
+              config_file: str | Path | None = None, check_only: bool = False) -> RunDir | None:
     """Run ``study`` into a new run directory under ``out`` and return that directory.
 
     The resolved config goes to ``config.json``; ``meta.json`` records the study, preset,
@@ -211,6 +222,10 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
 
     A ready ``cfg`` (from :func:`build_config`) is used as it is: ``overrides``, ``device`` and
     ``config_file`` are then not applied, and ``preset`` only labels the run.
+
+    With ``check_only`` (``lmlab run ... --check``), everything that can be checked without
+    training is checked (the config, the study's inputs, the device, ``out``) and None is
+    returned: nothing is written.
     """
     from lmlab.runtime import resolve_device, seed_everything
 
@@ -220,6 +235,9 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     dev = resolve_device(getattr(cfg, "device", None))
     if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
         module.check(cfg)
+    if check_only:
+        _check_out(out)
+        return None
     run_dir, previous = _open_run_dir(study, module, cfg, resume, out, name or preset)
     if previous.get("status") == "finished":
         print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
