@@ -121,3 +121,17 @@ def test_nan_weights_exit_2_naming_the_layer_and_keep_the_rest(tmp_path: Path) -
     table = pd.read_csv(run_dir / "spectra.csv")
     assert table["status"].tolist() == ["success", "failed"]
     assert "NaN/Inf" in (run_dir / "report.html").read_text()
+
+
+def test_check_validates_without_writing(tmp_path, capsys) -> None:
+    out = tmp_path / "runs"
+    assert main(["run", "charlm", "--check", "--out", str(out)]) == 0
+    assert "valid; nothing was run" in capsys.readouterr().out
+    assert not out.exists()
+    assert main(["run", "charlm", "--check", "--set", "data.path=" + str(tmp_path / "no.txt"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no.txt" in err[0] and not out.exists()
+    (tmp_path / "file").write_text("x")
+    assert main(["run", "spectral", "--check", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -126,11 +126,11 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
         raise LmlabError("--set, --config and --name apply to one study; run that study on "
                          "its own to change its settings")
     if args.check:
-        from lmlab.studies import run_study, study_names
+        from lmlab.studies import study_names
+        from lmlab.studies.runner import check_study
 
         for study in study_names():
-            run_study(study, preset=args.preset, out=args.out, device=args.device,
-                      check_only=True)
+            check_study(study, preset=args.preset, out=args.out, device=args.device)
         print(f"lmlab: every study's {args.preset} settings and inputs are valid; nothing "
               "was run")
         return 0
@@ -150,12 +150,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.study == "all":
         return _cmd_run_all(args)
-    run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
-                        device=args.device, name=args.name, resume=args.resume,
-                        config_file=args.config_file, check_only=args.check)
-    if run_dir is None:
+    if args.check:
+        from lmlab.studies.runner import check_study
+
+        check_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
+                    device=args.device, config_file=args.config_file)
         print(f"lmlab: {args.study}: the settings and inputs are valid; nothing was run")
         return 0
+    run_dir = run_study(args.study, preset=args.preset, overrides=args.overrides, out=args.out,
+                        device=args.device, name=args.name, resume=args.resume,
+                        config_file=args.config_file)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports
         return 0
     _print_summary(run_dir)

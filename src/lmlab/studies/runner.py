@@ -22,7 +22,7 @@ from lmlab.studies.registry import PRESETS, get_study
 if TYPE_CHECKING:
     from lmlab.runs import RunDir
 
-__all__ = ["build_config", "run_study", "find_resumable"]
+__all__ = ["build_config", "check_study", "find_resumable", "run_study"]
 
 
 def build_config(study: str, preset: str = "quick", overrides: Sequence[str] = (),
@@ -203,11 +203,35 @@ def _execute(run_dir: RunDir, module: Any, cfg: Any, previous: dict[str, Any]) -
             render_report(run_dir)
 
 
+def check_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (),
+                out: str | Path = "runs", device: str | None = None, cfg: Any = None,
+                config_file: str | Path | None = None) -> tuple[Any, Any]:
+    """Check everything that can be checked before a run (``lmlab run ... --check``): the
+    config, the study's inputs (its ``check``), the device and ``out``; write nothing.
+
+    Returns:
+        The resolved config and the torch device.
+
+    >>> check_study("spectral", overrides=["max_n=100"])[0].max_n
+    100
+    """
+    from lmlab.runtime import resolve_device
+
+    module = get_study(study)
+    cfg = cfg if cfg is not None else build_config(study, preset, overrides, device,
+                                                   config_file)
+    dev = resolve_device(getattr(cfg, "device", None))
+    if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
+        module.check(cfg)
+    _check_out(out)
+    return cfg, dev
+
+
 def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (),
               out: str | Path = "runs", device: str | None = None,
               name: str | None = None, cfg: Any = None,
               resume: bool | str | Path = False,
-              config_file: str | Path | None = None, check_only: bool = False) -> RunDir | None:
+              config_file: str | Path | None = None) -> RunDir:
     """Run ``study`` into a new run directory under ``out`` and return that directory.
 
     The resolved config goes to ``config.json``; ``meta.json`` records the study, preset,
@@ -222,22 +246,12 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
 
     A ready ``cfg`` (from :func:`build_config`) is used as it is: ``overrides``, ``device`` and
     ``config_file`` are then not applied, and ``preset`` only labels the run.
-
-    With ``check_only`` (``lmlab run ... --check``), everything that can be checked without
-    training is checked (the config, the study's inputs, the device, ``out``) and None is
-    returned: nothing is written.
     """
-    from lmlab.runtime import resolve_device, seed_everything
+    from lmlab.runtime import seed_everything
 
     module = get_study(study)
-    cfg = cfg if cfg is not None else build_config(study, preset, overrides, device,
-                                                   config_file)
-    dev = resolve_device(getattr(cfg, "device", None))
-    if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
-        module.check(cfg)
-    if check_only:
-        _check_out(out)
-        return None
+    cfg, dev = check_study(study, preset=preset, overrides=overrides, out=out, device=device,
+                           cfg=cfg, config_file=config_file)
     run_dir, previous = _open_run_dir(study, module, cfg, resume, out, name or preset)
     if previous.get("status") == "finished":
         print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
