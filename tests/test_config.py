@@ -3,21 +3,29 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, get_args, get_origin
 
 import pytest
 
+from lmlab._coerce import type_name
 from lmlab.config import (
+    MAX_SEED,
+    Range,
     apply_overrides,
+    check_ranges,
     config_diff,
     config_from_dict,
     config_keys,
     config_to_dict,
     load_config_file,
+    ranged,
+    seed_field,
 )
 from lmlab.errors import LmlabError
+from lmlab.studies import get_study, study_names
 
 
 @dataclass(frozen=True)
@@ -356,3 +364,138 @@ def test_optional_section_can_be_filled_and_cleared() -> None:
         apply_overrides(filled, ["sched=3"])
     assert config_from_dict(WithOptionalSection, config_to_dict(filled)) == filled
     assert config_from_dict(WithOptionalSection, {"sched": None}).sched is None
+
+
+# --- valid ranges, declared with the fields (lmlab.config.ranged) ----------------------------
+
+@dataclass(frozen=True)
+class Ranged:
+    steps: int = ranged(10, 1, 1000, why="every step is kept")
+    lr: float = ranged(0.1, 0, open_lo=True)
+    betas: tuple[float, float] = ranged((0.9, 0.99), 0, 1, open_hi=True)
+    limit: int | None = ranged(None, 1)
+    widths: tuple[int, ...] = ranged((8,), 1, 64)
+    path: str | None = None
+    seed: int = seed_field(0)
+    train: Train = field(default_factory=Train)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("steps=0", "'steps' must be in [1, 1000], got 0"),
+    ("steps=5000", "'steps' must be in [1, 1000], got 5000 (every step is kept)"),
+    ("lr=0", "'lr' must be > 0, got 0.0"),
+    ("lr=-1", "'lr' must be > 0, got -1.0"),
+    ("betas=0.9,1", "'betas' values must be in [0, 1), got 1.0"),
+    ("limit=0", "'limit' must be ≥ 1, got 0"),
+    ("widths=8,0", "'widths' values must be in [1, 64], got 0"),
+    ("seed=-1", "'seed' must be in [0, 4294967295], got -1"),
+    ("path=", "'path' is empty; give a value, or none"),
+    ("path=" + "x" * 5000, "'path' is 5000 characters long; at most 4096"),
+])
+def test_a_value_out_of_its_declared_range_is_one_line(override: str, message: str) -> None:
+    with pytest.raises(LmlabError) as err:
+        apply_overrides(Ranged(), [override])
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    with pytest.raises(LmlabError, match=re.escape(message)):
+        key, _, raw = override.partition("=")
+        config_from_dict(Ranged, {key: raw})
+
+
+def test_values_in_range_bounds_included_and_none_pass() -> None:
+    cfg = apply_overrides(Ranged(), ["steps=1000", "lr=1e-9", "betas=0,0.999", "limit=none",
+                                     "widths=1,64", "seed=4294967295", "path=a.txt"])
+    assert (cfg.steps, cfg.limit, cfg.widths, cfg.seed) == (1000, None, (1, 64), 2**32 - 1)
+    assert config_from_dict(Ranged, config_to_dict(cfg)) == cfg
+
+
+def test_a_config_built_in_python_is_range_checked_when_validated() -> None:
+    with pytest.raises(LmlabError, match=r"^'steps' must be in \[1, 1000\], got 0$"):
+        apply_overrides(Ranged(steps=0), [])
+    check_ranges(Ranged())  # in range: nothing to say
+    with pytest.raises(LmlabError, match=r"^'train.steps' must be"):
+        check_ranges(Ranged(steps=-3), "train.")
+
+
+def test_ranges_are_checked_before_validate_so_it_may_divide_by_them() -> None:
+    @dataclass(frozen=True)
+    class Heads:
+        n_embd: int = ranged(64, 1)
+        n_head: int = ranged(4, 1)
+
+        def validate(self) -> None:
+            if self.n_embd % self.n_head:
+                raise LmlabError("n_head must divide n_embd")
+
+    with pytest.raises(LmlabError, match="'n_head' must be ≥ 1, got 0"):
+        apply_overrides(Heads(), ["n_head=0"])  # not ZeroDivisionError
+    with pytest.raises(LmlabError, match="divide"):
+        apply_overrides(Heads(), ["n_head=3"])
+
+
+def test_range_text_and_type_names() -> None:
+    assert [str(r) for r in (Range(1), Range(0, open_lo=True), Range(0, 1, open_hi=True),
+                             Range(hi=5), Range(1, 10**7), Range(0, 2**32 - 1))] == [
+        "≥ 1", "> 0", "in [0, 1)", "≤ 5", "in [1, 1e7]", "in [0, 4294967295]"]
+    assert type_name(int | None, Range(1)) == "int ≥ 1 or None"
+    assert type_name(tuple[float, ...], Range(0, 1)) == "comma-separated list of float in [0, 1]"
+    assert type_name(tuple[float, float], Range(0, 1, open_hi=True)) == (
+        "2 comma-separated values, each float in [0, 1)")
+    assert type_name(int) == "int"  # no rule: the bare type, as in error messages
+    assert MAX_SEED == 2**32 - 1
+
+
+def _numeric(tp: Any) -> bool:
+    args = [a for a in get_args(tp) if a is not type(None) and a is not Ellipsis]
+    if get_origin(tp) is Literal:
+        return False
+    return tp in (int, float) or any(_numeric(a) for a in args)
+
+
+def _fields(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field[Any]]]:
+    from lmlab._coerce import field_types, section_class
+
+    out = []
+    hints = field_types(cls)
+    for f in dataclasses.fields(cls):
+        section = section_class(hints.get(f.name))
+        if section is not None:
+            out += _fields(section, f"{prefix}{f.name}.")
+        elif f.init:
+            out.append((prefix + f.name, hints[f.name], f))
+    return out
+
+
+@pytest.mark.parametrize("study", study_names())
+def test_every_numeric_field_of_every_study_declares_its_range(study: str) -> None:
+    from lmlab._coerce import field_range
+
+    config = get_study(study).Config
+    missing = [key for key, tp, f in _fields(config) if _numeric(tp) and field_range(f) is None]
+    assert missing == [], f"{study}: declare a range (lmlab.config.ranged) for {missing}"
+
+
+@pytest.mark.parametrize("study", study_names())
+def test_every_preset_validates_unchanged(study: str) -> None:
+    config = get_study(study).Config
+    for preset in (config.quick(), config.paper()):
+        assert apply_overrides(preset, []) == preset
+        assert config_from_dict(config, config_to_dict(preset)) == preset
+
+
+def test_the_sections_outside_the_study_configs_declare_their_ranges_too() -> None:
+    from lmlab._coerce import field_range
+    from lmlab.data.attention_teacher import AttentionTask
+    from lmlab.data.copying import CopyTask
+    from lmlab.models.attention_student import GDConfig
+    from lmlab.studies.induction_train import TrainSetting
+    from lmlab.sweep import SweepConfig
+    from lmlab.train.loop import TrainConfig
+    from lmlab.train.sampled import StepConfig
+
+    for cls in (AttentionTask, CopyTask, GDConfig, TrainSetting, SweepConfig, TrainConfig,
+                StepConfig):
+        missing = [key for key, tp, f in _fields(cls) if _numeric(tp) and field_range(f) is None]
+        if cls is TrainSetting:  # pool_size overrides task.pool_size, checked by its range
+            assert missing == ["pool_size"]
+        else:
+            assert missing == [], f"{cls.__name__}: declare a range for {missing}"

@@ -7,6 +7,8 @@ expected type) and leaves the user-facing message to the caller.
 (1, 2)
 >>> type_name(int | None)
 'int or None'
+>>> type_name(int | None, Range(1, 100))
+'int in [1, 100] or None'
 """
 
 from __future__ import annotations
@@ -19,22 +21,32 @@ import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 __all__ = [
+    "MAX_SEED",
     "BadValue",
+    "Range",
     "SectionAssigned",
     "convert",
+    "field_range",
     "field_types",
     "init_fields",
     "is_config_class",
     "is_union",
     "non_finite",
+    "numbers",
+    "ranged",
+    "seed_field",
     "section_class",
     "type_name",
     "unquote",
 ]
+
+MAX_SEED = 2**32 - 1
+"""The largest seed :func:`lmlab.runtime.seed_everything` accepts (NumPy's limit)."""
 
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})
@@ -47,6 +59,109 @@ class BadValue(Exception):
     def __init__(self, expected: str) -> None:
         super().__init__(expected)
         self.expected = expected
+
+
+def _num(x: float) -> str:
+    """A bound as the user would type it: ``1``, ``0.5``, ``1e7``, ``4294967295``."""
+    if float(x).is_integer():
+        n = int(x)
+        digits = str(abs(n))
+        if abs(n) >= 10**5 and digits.rstrip("0") == "1":
+            return f"{'-' if n < 0 else ''}1e{len(digits) - 1}"
+        return str(n)
+    return f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a number field (of each number, for a tuple field).
+
+    Attributes:
+        lo, hi: the bounds (None: unbounded on that side).
+        open_lo, open_hi: whether the bound itself is excluded.
+        why: what the upper bound is for (memory, time), shown with it.
+
+    >>> str(Range(0, 1, open_hi=True)), str(Range(0, open_lo=True)), 0 in Range(0, open_lo=True)
+    ('in [0, 1)', '> 0', False)
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+    why: str = ""
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return True  # not a number: the type check speaks for it
+        if self.lo is not None and (value < self.lo or (self.open_lo and value == self.lo)):
+            return False
+        return not (self.hi is not None
+                    and (value > self.hi or (self.open_hi and value == self.hi)))
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return (f"in {'(' if self.open_lo else '['}{_num(self.lo)}, {_num(self.hi)}"
+                    f"{')' if self.open_hi else ']'}")
+        if self.lo is not None:
+            return f"{'>' if self.open_lo else '≥'} {_num(self.lo)}"
+        if self.hi is not None:
+            return f"{'<' if self.open_hi else '≤'} {_num(self.hi)}"
+        return "any number"
+
+    def above(self, value: float) -> bool:
+        """Whether ``value`` is out of range on the high side (where ``why`` applies)."""
+        return self.hi is not None and (value > self.hi or (self.open_hi and value == self.hi))
+
+
+def ranged(default: Any, lo: float | None = None, hi: float | None = None, *,
+           open_lo: bool = False, open_hi: bool = False, why: str = "",
+           doc: str | None = None) -> Any:
+    """A dataclass field whose valid range is declared with it (for a tuple: of each item).
+
+    Checked whenever a config is built (:func:`lmlab.config.apply_overrides`,
+    :func:`lmlab.config.config_from_dict`) and by :func:`lmlab.config.check_ranges`;
+    ``lmlab study show`` prints it next to the type.
+
+    Args:
+        default: The default value.
+        lo, hi: The bounds (None: unbounded on that side).
+        open_lo, open_hi: Exclude the bound itself (``> 0`` rather than ``≥ 0``).
+        why: What the upper bound is for (memory, time); said in errors and the reference.
+        doc: The field's meaning, when the class's ``Attributes:`` section does not give it.
+
+    >>> @dataclass(frozen=True)
+    ... class C:
+    ...     rate: float = ranged(0.5, 0, 1, open_lo=True)
+    >>> str(field_range(dataclasses.fields(C)[0]))
+    'in (0, 1]'
+    """
+    metadata: dict[str, Any] = {"range": Range(lo, hi, open_lo, open_hi, why)}
+    if doc:
+        metadata["doc"] = doc
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def seed_field(default: int, doc: str | None = None) -> Any:
+    """A seed: an int in ``[0, 2**32 - 1]``, what :func:`lmlab.runtime.seed_everything` and
+    NumPy accept."""
+    return ranged(default, 0, MAX_SEED, why="the largest seed NumPy accepts", doc=doc)
+
+
+def field_range(f: dataclasses.Field[Any]) -> Range | None:
+    """The range declared for a dataclass field (by :func:`ranged`), or None."""
+    rule = f.metadata.get("range")
+    return rule if isinstance(rule, Range) else None
+
+
+def numbers(value: Any) -> list[Any]:
+    """The numbers a range applies to: the value itself, or the items of a tuple or list.
+
+    >>> numbers((1, 2.5)), numbers(None), numbers(True)
+    ([1, 2.5], [], [])
+    """
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def is_config_class(tp: Any) -> bool:
@@ -106,26 +221,31 @@ def section_class(tp: Any) -> type | None:
     return None
 
 
-def type_name(tp: Any) -> str:
-    """A short human name for a type, used in error messages."""
+def type_name(tp: Any, rule: Range | None = None) -> str:
+    """A short human name for a type, used in error messages and option tables; with
+    ``rule``, every number in it carries its range (``int ≥ 1``, ``float in (0, 1)``)."""
     if tp is type(None):
         return "None"
     if is_union(tp):
-        return " or ".join(type_name(a) for a in get_args(tp))
+        return " or ".join(type_name(a, rule) for a in get_args(tp))
     origin = get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (tuple, list):
         args = get_args(tp)
         if origin is tuple and args and (len(args) != 2 or args[1] is not Ellipsis):
-            return f"{len(args)} comma-separated values ({', '.join(map(type_name, args))})"
-        item = type_name(args[0]) if args else "str"
+            if rule is not None and len(set(args)) == 1:
+                return f"{len(args)} comma-separated values, each {type_name(args[0], rule)}"
+            names = ", ".join(type_name(a, rule) for a in args)
+            return f"{len(args)} comma-separated values ({names})"
+        item = type_name(args[0], rule) if args else "str"
         return f"comma-separated list of {item}"
     if tp is Path:
         return "path"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(repr(m.name) for m in tp)
-    return getattr(tp, "__name__", str(tp))
+    name = getattr(tp, "__name__", str(tp))
+    return f"{name} {rule}" if rule is not None and tp in (int, float) else name
 
 
 def _parse_bool(value: Any) -> bool:

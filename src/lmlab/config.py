@@ -32,32 +32,46 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 from lmlab._coerce import (
+    MAX_SEED,
     BadValue,
+    Range,
     SectionAssigned,
     convert,
+    field_range,
     field_types,
     init_fields,
     is_config_class,
     is_union,
     non_finite,
+    numbers,
+    ranged,
     section_class,
+    seed_field,
     unquote,
 )
 from lmlab._dotted import _expand_dotted, config_diff, flatten_dotted
 from lmlab.errors import LmlabError
 
 __all__ = [
+    "MAX_SEED",
+    "Range",
     "apply_overrides",
+    "check_ranges",
     "flatten_dotted",
     "config_diff",
     "config_from_dict",
     "config_keys",
     "config_to_dict",
     "load_config_file",
+    "ranged",
     "read_settings_file",
+    "seed_field",
 ]
 
 T = TypeVar("T")
+
+MAX_TEXT = 4096
+"""The longest string a config field takes (PATH_MAX on Linux)."""
 
 
 def _coerce_or_raise(value: Any, tp: Any, key: str, root: type) -> Any:
@@ -82,6 +96,50 @@ def _check_finite(value: Any, key: str, shown: Any = None) -> None:
     if non_finite(value):
         shown = value if shown is None else shown
         raise LmlabError(f"'{key}' must be a finite number, got {shown!r}")
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Check the values of ``cfg``'s own fields (not its sections): finite numbers, each in
+    its declared range, and strings neither empty nor longer than ``MAX_TEXT``.
+
+    A class's ``validate()`` may call it first, so that its cross-field rules can count on
+    every single value being in range.
+
+    Raises:
+        LmlabError: ``'train.lr' must be > 0, got -1.0``.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Train:
+    ...     lr: float = ranged(0.1, 0, open_lo=True)
+    ...     steps: int = ranged(10, 1, 10**7, why="kept in memory")
+    >>> check_ranges(Train(steps=10**9), prefix="train.")
+    Traceback (most recent call last):
+    ...
+    lmlab.errors.LmlabError: 'train.steps' must be in [1, 1e7], got 1000000000 (kept in memory)
+    """
+    cls: type = type(cfg)
+    hints = field_types(cls)
+    for f in init_fields(cls):
+        value = getattr(cfg, f.name, None)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            continue
+        key = prefix + f.name
+        _check_finite(value, key)
+        rule = field_range(f)
+        bad = [x for x in numbers(value) if x not in rule] if rule is not None else []
+        if rule is not None and bad:
+            what = f"'{key}' values" if isinstance(value, (tuple, list)) else f"'{key}'"
+            why = f" ({rule.why})" if rule.why and rule.above(bad[0]) else ""
+            raise LmlabError(f"{what} must be {rule}, got {bad[0]!r}{why}")
+        if isinstance(value, str) and not value.strip() and not f.metadata.get("empty_ok"):
+            tp = hints.get(f.name)
+            hint = ", or none" if is_union(tp) and type(None) in get_args(tp) else ""
+            raise LmlabError(f"'{key}' is empty; give a value{hint} (lmlab study show lists "
+                             "what each key takes)")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise LmlabError(f"'{key}' is {len(value)} characters long; at most {MAX_TEXT} (no "
+                             "path, name or template needs more)")
 
 
 def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
@@ -158,14 +216,13 @@ def _resolve_key(root: type, key: str) -> Any:
 
 
 def _validate(cfg: Any, prefix: str = "") -> None:
-    """Check that every value is finite, then run ``validate()`` on every section (innermost
-    first) and on the config itself."""
+    """Check every section (innermost first), then every value of the config (finite, in its
+    declared range, not empty), then run its ``validate()`` (the cross-field rules)."""
     for f in init_fields(type(cfg)):
         value = getattr(cfg, f.name, None)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             _validate(value, f"{prefix}{f.name}.")
-        else:
-            _check_finite(value, prefix + f.name)
+    check_ranges(cfg, prefix)
     validate = getattr(cfg, "validate", None)
     if callable(validate):
         try:

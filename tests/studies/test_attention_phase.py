@@ -108,7 +108,7 @@ def test_crossing_interpolates_the_last_sign_change() -> None:
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["grid.omegas=0.3,1.2"], "ω must be in [0, 1]"),
+    (["grid.omegas=0.3,1.2"], "'grid.omegas' values must be in [0, 1]"),
     (["gd.lam=-0.1"], "gd.lam"),
     (["task.A=0.6,0.5,0.4,0.6"], "row-stochastic"),
     (["task.d=1"], "task.d"),

@@ -93,7 +93,7 @@ def test_summary_schema_marks_the_notebook_keys_as_headline() -> None:
     (["data.path={missing}"], "word file not found"),
     (["data.path={empty}"], "holds no words"),
     (["data.path={names}", "data.chars=abc"], "outside the vocabulary"),
-    (["data.path={names}", "mlp.block_size=0"], "block_size must be at least 1"),
+    (["data.path={names}", "mlp.block_size=0"], "'mlp.block_size' must be in [1, 64]"),
     (["data.path={names}", "mlp.variants=zero"], "must include e01"),
     (["data.path={names}", "mlp.variants=e01,e02"], "unknown MLP variant"),
     (["data.path={names}", "wavenet.block_size=6"], "power of 2"),

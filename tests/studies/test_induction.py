@@ -67,8 +67,9 @@ def test_report_redraws_from_the_saved_result(run_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["pools=0,0"], "duplicates"), (["pools=-5"], "non-negative"),
-    (["argmax_axis=diag"], "argmax_axis"), (["ranks_plotted=40"], "1..32"),
+    (["pools=0,0"], "duplicates"), (["pools=-5"], "'pools' values must be in [0, 1e6]"),
+    (["argmax_axis=diag"], "argmax_axis"),
+    (["ranks_plotted=40"], "'ranks_plotted' values must be in [1, 32]"),
     (["steps=3500"], "must divide steps=3500"),
 ])
 def test_bad_input_exits_2_in_one_line(sets: list[str], message: str, tmp_path: Path,

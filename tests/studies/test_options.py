@@ -103,3 +103,32 @@ def test_docs_reference_is_current() -> None:
     page = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
     assert page.read_text(encoding="utf-8") == reference_page(), (
         "docs/reference.md is out of date: run `lmlab study show all > docs/reference.md`")
+
+
+def test_show_prints_each_range_next_to_its_type(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["study", "show", "charlm"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("mlp.train.steps "))
+    assert "int in [1, 1e7]  [default: quick 20000 | paper 200000]" in line
+    assert "2 comma-separated values, each float in [0, 1)" in out  # the betas
+    assert "(upper bound: the loss of every step is kept in memory)" in out
+    assert "int in [0, 4294967295]" in out  # the seeds
+
+
+def test_the_reference_shows_ranges_and_choices_next_to_the_types() -> None:
+    from lmlab.studies.options import markdown_reference
+
+    md = markdown_reference("attention-phase")
+    assert "| `grid.alpha_points` | int in [1, 1000] |" in md
+    assert "| `gd.lr` | float > 0 |" in md
+    assert "comma-separated list of one of 'semantic', 'positional', 'random'" in md
+    assert "| `sweep.workers` | int in [1, 1024] or None |" in md
+    assert "| `dtype` | one of 'float32', 'float64' |" in md
+
+
+def test_options_keep_the_bare_type_beside_the_allowed_values() -> None:
+    opts = {o.key: o for o in study_options("finetune-spectral")}
+    assert (opts["train.lr"].type, opts["train.lr"].allowed) == ("float", "float > 0")
+    assert opts["data.test_fraction"].allowed == "float in (0, 1)"
+    assert opts["train.max_steps"].allowed == "int in [1, 1e7] or None"
+    assert opts["model"].allowed == "str"  # no range: the type alone

@@ -61,7 +61,8 @@ def test_train_module_with_adamw_learns() -> None:
 
 @pytest.mark.parametrize("cfg, match", [
     (StepConfig(steps=0), "steps"), (StepConfig(batch_size=1), "batch_size"),
-    (StepConfig(lr=0.0), "positive"), (StepConfig(optimizer="lion"), "sgd or adamw"),  # type: ignore[arg-type]
+    (StepConfig(lr=0.0), "'lr' must be > 0"),
+    (StepConfig(optimizer="lion"), "sgd or adamw"),  # type: ignore[arg-type]
 ])
 def test_bad_configs(cfg: StepConfig, match: str) -> None:
     with pytest.raises(LmlabError, match=match):

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lmlab.config import check_ranges, ranged
 from lmlab.errors import LmlabError
 
 __all__ = ["AttentionTask", "GroupData", "Split", "positional_encodings", "sample_group",
@@ -45,20 +46,15 @@ class AttentionTask:
         convention: ``paper`` (the authors' scalings) or ``assignment`` (see the module doc).
     """
 
-    d: int = 1000
-    sigma: float = 0.5
-    A: tuple[float, float, float, float] = (0.6, 0.4, 0.4, 0.6)
-    rank: int = 1
+    d: int = ranged(1000, 2, 10_000, why="every sample holds two d-vectors and a cell holds "
+                    "n_test of them")
+    sigma: float = ranged(0.5, 0, open_lo=True)
+    A: tuple[float, float, float, float] = ranged((0.6, 0.4, 0.4, 0.6), 0, 1)
+    rank: int = ranged(1, 1)
     convention: Literal["paper", "assignment"] = "paper"
 
     def validate(self) -> None:
-        """Raise LmlabError naming the field that is out of range."""
-        if self.d < 2:
-            raise LmlabError(f"task.d must be at least 2 (got {self.d})")
-        if not self.sigma > 0:
-            raise LmlabError(f"task.sigma must be positive (got {self.sigma})")
-        if self.rank < 1:
-            raise LmlabError(f"task.rank must be at least 1 (got {self.rank})")
+        """A row-stochastic; every value in its declared range; rank ≤ d."""
         if len(self.A) != 4:
             raise LmlabError(f"task.A must be a 2 × 2 matrix given as 4 numbers row by row "
                              f"(the model has two tokens); got {self.A}")
@@ -66,6 +62,9 @@ class AttentionTask:
             if min(row) < 0 or abs(sum(row) - 1) > 1e-9:
                 raise LmlabError(f"task.A must be row-stochastic (non-negative rows summing to "
                                  f"1); row {row} sums to {sum(row):g}")
+        check_ranges(self, "task.")
+        if self.rank > self.d:
+            raise LmlabError(f"task.rank={self.rank} must not exceed task.d={self.d}")
         if self.convention not in ("paper", "assignment"):
             raise LmlabError(f"task.convention must be paper or assignment "
                              f"(got {self.convention!r})")

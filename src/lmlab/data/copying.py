@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from lmlab.config import check_ranges, ranged
 from lmlab.errors import LmlabError
 
 __all__ = [
@@ -104,24 +105,26 @@ class CopyTask:
     >>> CopyTask(pool_size=100).validate()
     """
 
-    vocab_size: int = 64
-    seq_len: int = 64
-    rep_l: int = 10
-    rep_h: int = 20
-    ood_len: int = 25
+    vocab_size: int = ranged(64, 2, 100_000, why="the logits are vocab_size wide")
+    seq_len: int = ranged(64, 4, 4096, why="attention costs seq_len² per head")
+    rep_l: int = ranged(10, 1)
+    rep_h: int = ranged(20, 2)
+    ood_len: int = ranged(25, 1)
     distr: Distr = "zipf"
-    pool_size: int | None = None
+    pool_size: int | None = ranged(None, 1, 10**6, why="the pool's segments are held in memory")
 
     def validate(self) -> None:
-        """Raise LmlabError naming the field that is out of range."""
+        """Raise LmlabError naming the field that is out of range (the ranges are declared
+        with the fields; the rules between them are checked here)."""
         for name in ("vocab_size", "seq_len", "rep_l", "rep_h", "ood_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise LmlabError(f"task.{name} must be an integer (got {value!r})")
-        if self.vocab_size < 2:
-            raise LmlabError(f"task.vocab_size must be at least 2 (got {self.vocab_size})")
-        if self.rep_l < 1:
-            raise LmlabError(f"task.rep_l must be at least 1 (got {self.rep_l})")
+        pool = self.pool_size
+        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int)):
+            raise LmlabError(f"task.pool_size must be a positive integer or None for an "
+                             f"infinite pool (got {pool!r})")
+        check_ranges(self, "task.")
         if self.rep_h <= self.rep_l:
             raise LmlabError(f"task.rep_h must be larger than rep_l={self.rep_l} (it is the "
                              f"exclusive upper bound of the segment length; got {self.rep_h})")
@@ -139,10 +142,6 @@ class CopyTask:
         if self.distr == "two-level" and self.vocab_size < 5:
             raise LmlabError(f"task.vocab_size must be at least 5 for the two-level law "
                              f"(got {self.vocab_size})")
-        pool = self.pool_size
-        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 1):
-            raise LmlabError(f"task.pool_size must be a positive integer or None for an "
-                             f"infinite pool (got {pool!r})")
 
 
 def make_pool(task: CopyTask, rng: np.random.Generator) -> list[np.ndarray]:

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from lmlab.config import check_ranges, ranged
 from lmlab.data.attention_teacher import GroupData, Split, positional_encodings
 from lmlab.errors import LmlabError
 
@@ -65,24 +66,16 @@ class GDConfig:
         random_scale: the standard deviation of a ``random`` initialisation.
     """
 
-    lr: float = 0.15
-    lam: float = 0.01
-    steps: int = 5000
-    momentum: float = 0.0
-    average_last: int = 5
-    random_scale: float = 0.1
+    lr: float = ranged(0.15, 0, open_lo=True)
+    lam: float = ranged(0.01, 0)
+    steps: int = ranged(5000, 1, 10**6, why="the loss of every step of every student is kept")
+    momentum: float = ranged(0.0, 0, 1, open_hi=True)
+    average_last: int = ranged(5, 1)
+    random_scale: float = ranged(0.1, 0)
 
     def validate(self) -> None:
-        """Raise LmlabError naming the field out of range."""
-        if not self.lr > 0:
-            raise LmlabError(f"gd.lr must be positive (got {self.lr})")
-        if self.lam < 0:
-            raise LmlabError(f"gd.lam (λ) must be ≥ 0 (got {self.lam})")
-        if self.steps < 1 or self.average_last < 1:
-            raise LmlabError(f"gd.steps and gd.average_last must be ≥ 1 "
-                             f"(got {self.steps}, {self.average_last})")
-        if not 0 <= self.momentum < 1:
-            raise LmlabError(f"gd.momentum must be in [0, 1) (got {self.momentum})")
+        """Every value in its declared range."""
+        check_ranges(self, "gd.")
 
 
 @dataclass

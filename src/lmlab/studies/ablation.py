@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
 from lmlab.studies.optimizers import (
@@ -101,8 +102,8 @@ class Config:
 
     model: str = "gpt2"
     modes: tuple[str, ...] = ("zero",)
-    layers: tuple[int, ...] = ()
-    heads: tuple[int, ...] = ()
+    layers: tuple[int, ...] = ranged((), 0)
+    heads: tuple[int, ...] = ranged((), 0)
     per_layer: bool = True
     data: LinesData = field(default_factory=LinesData)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -110,7 +111,7 @@ class Config:
         max_grad_norm=1.0))
     device: str = "auto"
     keep_checkpoints: bool = False
-    seed: int = 42
+    seed: int = seed_field(42)
 
     @classmethod
     def paper(cls) -> Config:
@@ -128,7 +129,7 @@ class Config:
                    train=dataclasses.replace(base.train, epochs=2))
 
     def validate(self) -> None:
-        """Every mode must exist."""
+        """Every mode must exist; a batch must fit in memory."""
         from lmlab.hooks import MODES
 
         for mode in self.modes:
@@ -136,6 +137,7 @@ class Config:
                 raise LmlabError(f"unknown ablation mode '{mode}'; modes: {', '.join(MODES)}")
         if not self.modes:
             raise LmlabError("modes is empty; name at least one, e.g. zero")
+        self.train.check_batch_tokens(self.data.max_tokens, "data.max_tokens")
 
 
 @dataclass(frozen=True)

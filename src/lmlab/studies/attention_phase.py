@@ -33,10 +33,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from lmlab.config import check_ranges, ranged, seed_field
 from lmlab.data.attention_teacher import AttentionTask
 from lmlab.errors import LmlabError
 from lmlab.models.attention_student import GDConfig
 from lmlab.runs import Report, RunDir
+from lmlab.studies._attention_phase_grid import (
+    _CELL_WHY,
+    MAX_CELL_BYTES,
+    MAX_STUDENTS,
+    Grid,
+    TheoryConfig,
+)
 from lmlab.studies._attention_phase_tables import (
     crossing,
     crossing_table,
@@ -100,67 +108,6 @@ SUMMARY = Summary(
 
 
 @dataclass(frozen=True)
-class Grid:
-    """The sweep: α = n/d on a linear grid, the teacher mixings ω, seeds, initialisations.
-
-    Attributes:
-        alpha_min, alpha_max, alpha_points: ``np.linspace(alpha_min, alpha_max, alpha_points)``;
-            each α trains on ``n = round(α d)`` samples (at least one).
-        omegas: the teacher mixings ω of the phase diagram.
-        fig2_omega: the ω of Fig. 2 (added to ``omegas`` if missing).
-        seeds: independent teachers and data sets per cell (the authors kept 24).
-        inits: the initialisations trained on the same data.
-    """
-
-    alpha_min: float = 0.01
-    alpha_max: float = 2.0
-    alpha_points: int = 25
-    omegas: tuple[float, ...] = tuple(round(0.02 * k, 2) for k in range(1, 26))
-    fig2_omega: float = 0.3
-    seeds: int = 24
-    inits: tuple[str, ...] = ("semantic", "positional")
-
-    def alphas(self) -> np.ndarray:
-        """The α grid."""
-        return np.linspace(self.alpha_min, self.alpha_max, self.alpha_points)
-
-    def all_omegas(self) -> list[float]:
-        """``omegas`` with ``fig2_omega``, sorted."""
-        return sorted(set(self.omegas) | {self.fig2_omega})
-
-    def validate(self) -> None:
-        """Raise LmlabError naming the field out of range."""
-        if not 0 < self.alpha_min <= self.alpha_max or self.alpha_points < 1:
-            raise LmlabError(f"grid needs 0 < alpha_min ≤ alpha_max and alpha_points ≥ 1 (got "
-                             f"{self.alpha_min}, {self.alpha_max}, {self.alpha_points})")
-        for w in self.all_omegas():
-            if not 0 <= w <= 1:
-                raise LmlabError(f"grid.omegas: ω must be in [0, 1] (got {w})")
-        if self.seeds < 1:
-            raise LmlabError(f"grid.seeds must be at least 1 (got {self.seeds})")
-        bad = [i for i in self.inits if i not in ("semantic", "positional", "random")]
-        if bad or not self.inits:
-            raise LmlabError(f"grid.inits: use semantic, positional and/or random (got "
-                             f"{self.inits})")
-
-
-@dataclass(frozen=True)
-class TheoryConfig:
-    """The asymptotic theory: curves at ``fig2_omega`` and the α_c(ω), α_l(ω) lines.
-
-    Attributes:
-        enabled: solve the theory (off: simulation only, much faster).
-        alpha_points: points of the theory curves between ``grid.alpha_min`` and
-            ``grid.alpha_max``.
-        line_omegas: the ω at which α_c(ω) and α_l(ω) are solved for Fig. 3.
-    """
-
-    enabled: bool = True
-    alpha_points: int = 40
-    line_omegas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.425)
-
-
-@dataclass(frozen=True)
 class Config:
     """The attention-phase study.
 
@@ -184,11 +131,11 @@ class Config:
     grid: Grid = field(default_factory=Grid)
     theory: TheoryConfig = field(default_factory=TheoryConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    n_test: int = 50_000
-    lam_lin: float = 1e-4
+    n_test: int = ranged(50_000, 1, 10**6, why=_CELL_WHY)
+    lam_lin: float = ranged(1e-4, 0)
     store: str | None = None
     dtype: Literal["float32", "float64"] = "float32"
-    seed: int = 0
+    seed: int = seed_field(0)
     device: str = "cpu"
 
     @classmethod
@@ -209,15 +156,21 @@ class Config:
                    n_test=5000)
 
     def validate(self) -> None:
-        """Every section in range; every α of the grid gives at least one sample."""
+        """Sections in range; every α gives a sample; the grid and a cell fit in memory."""
         self.task.validate()
         self.gd.validate()
         self.grid.validate()
         self.sweep.validate()
-        if self.n_test < 1:
-            raise LmlabError(f"n_test must be at least 1 (got {self.n_test})")
-        if self.lam_lin < 0:
-            raise LmlabError(f"lam_lin must be ≥ 0 (got {self.lam_lin})")
+        check_ranges(self)
+        g, need = self.grid, self.cell_bytes()
+        if g.students() > MAX_STUDENTS:
+            raise LmlabError(f"the grid trains {g.students():.3g} students (alpha_points × ω × "
+                             f"seeds × inits = {g.alpha_points} × {len(g.all_omegas())} × "
+                             f"{g.seeds} × {len(g.inits)}); at most {MAX_STUDENTS:,}")
+        if need > MAX_CELL_BYTES:
+            raise LmlabError(f"a cell would need about {need / 2**30:.1f} GiB (its samples, every "
+                             f"student's loss history); at most {MAX_CELL_BYTES // 2**30} GiB: "
+                             "lower n_test, task.d, grid.alpha_max or gd.steps")
         n_min = round(self.grid.alpha_min * self.task.d)
         if n_min < 1:
             raise LmlabError(f"grid.alpha_min={self.grid.alpha_min} gives n = round(α d) = 0 "
@@ -225,6 +178,14 @@ class Config:
         if self.device not in ("cpu", "auto"):
             raise LmlabError("attention-phase runs on the CPU (its cost is memory traffic); "
                              "set device=cpu")
+
+    def cell_bytes(self) -> float:
+        """Estimated peak memory of one cell: its training pool and test set (float64 tokens,
+        three copies while they are drawn), the students' activations and loss histories."""
+        t, g = self.task, self.grid
+        n_max, students = round(g.alpha_max * t.d), g.alpha_points * len(g.inits)
+        return 8.0 * (3 * (n_max + self.n_test) * 2 * t.d
+                      + students * (4 * n_max * 2 * t.rank + 4 * n_max + self.gd.steps))
 
 
 @dataclass(frozen=True)

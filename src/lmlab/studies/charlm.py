@@ -31,11 +31,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from lmlab.config import check_ranges, ranged, seed_field
+from lmlab.data.names import SSA_YEARS
 from lmlab.errors import LmlabError
 from lmlab.models.char_mlp import MLPVariant
 from lmlab.runs import Report, RunDir
 from lmlab.studies.pattern import Summary, SummaryKey
-from lmlab.train.sampled import StepConfig
+from lmlab.train.sampled import MEMORY_WHY, StepConfig
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -126,17 +128,17 @@ class NamesData:
 
     Attributes:
         path: a newline-separated word file (empty lines skipped); none: the SSA names.
-        year: the SSA year when no path is given (1880–2017; 2017 is the newest the offline
-            table has; the lecture's file is 2018).
+        year: the SSA year when no path is given (the lecture's file is 2018's).
         chars: a fixed vocabulary (e.g. ``abcdefghijklmnopqrstuvwxyz``); a word with any other
             character is an error. None: the vocabulary is every character of the words.
         split_seed: ``random.seed`` of the 80/10/10 word split.
     """
 
     path: str | None = None
-    year: int = 2017
+    year: int = ranged(2017, *SSA_YEARS, why="the years of the offline SSA table: "
+                       f"{SSA_YEARS[0]}–{SSA_YEARS[1]}")
     chars: str | None = None
-    split_seed: int = 42
+    split_seed: int = seed_field(42)
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,9 @@ class MLPConfig:
         train: the optimisation recipe.
     """
 
-    n_embd: int = 10
-    n_hidden: int = 200
-    block_size: int = 3
+    n_embd: int = ranged(10, 1, 1024, why=MEMORY_WHY)
+    n_hidden: int = ranged(200, 1, 16384, why=MEMORY_WHY)
+    block_size: int = ranged(3, 1, 64, why="names are far shorter than 64 characters")
     variants: tuple[str, ...] = tuple(VARIANTS)
     train: StepConfig = field(default_factory=StepConfig)
 
@@ -171,9 +173,9 @@ class WaveNetConfig:
     """
 
     enabled: bool = True
-    n_embd: int = 24
-    n_hidden: int = 128
-    block_size: int = 8
+    n_embd: int = ranged(24, 1, 1024, why=MEMORY_WHY)
+    n_hidden: int = ranged(128, 1, 16384, why=MEMORY_WHY)
+    block_size: int = ranged(8, 2, 64, why="names are far shorter than 64 characters")
     train: StepConfig = field(default_factory=lambda: StepConfig(
         steps=200_000, lr_decay_step=150_000, diag_every=0))
 
@@ -194,9 +196,9 @@ class TransformerConfig:
     """
 
     enabled: bool = True
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 64
+    n_layer: int = ranged(4, 1, 64, why=MEMORY_WHY)
+    n_head: int = ranged(4, 1, 64, why=MEMORY_WHY)
+    n_embd: int = ranged(64, 1, 4096, why=MEMORY_WHY)
     train: StepConfig = field(default_factory=lambda: StepConfig(
         steps=20_000, lr=5e-4, lr_decay_step=None, optimizer="adamw", weight_decay=0.01,
         diag_every=0))
@@ -223,10 +225,10 @@ class Config:
     mlp: MLPConfig = field(default_factory=MLPConfig)
     wavenet: WaveNetConfig = field(default_factory=WaveNetConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
-    samples: int = 20
-    seed: int = 2147483647
+    samples: int = ranged(20, 0, 100_000, why="names are sampled one character at a time")
+    seed: int = seed_field(2147483647)
     device: str = "auto"
-    threads: int | None = 1
+    threads: int | None = ranged(1, 1, 1024)
 
     @classmethod
     def paper(cls) -> Config:
@@ -246,31 +248,33 @@ class Config:
                 base.transformer.train, steps=1_000)))
 
     def validate(self) -> None:
-        """Known variants (E01 among them), positive sizes, sane recipes."""
-        unknown = [v for v in self.mlp.variants if v not in VARIANTS]
-        if unknown:
+        """Cross-field rules: known variants, a halving WaveNet context, dividing heads, memory."""
+        m, w, t, k = self.mlp, self.wavenet, self.transformer, len(self.mlp.variants)
+        if unknown := [v for v in m.variants if v not in VARIANTS]:
             raise LmlabError(f"unknown MLP variant(s) {', '.join(unknown)}; choose from "
                              f"{', '.join(VARIANTS)}")
-        if "e01" not in self.mlp.variants:
+        if "e01" not in m.variants:
             raise LmlabError("mlp.variants must include e01 (the sheet's model)")
-        for name in ("n_embd", "n_hidden", "block_size"):
-            if getattr(self.mlp, name) < 1:
-                raise LmlabError(f"mlp.{name} must be at least 1 "
-                                 f"(got {getattr(self.mlp, name)})")
-        self.mlp.train.validate()
-        if self.mlp.train.optimizer != "sgd":
+        if m.train.optimizer != "sgd":
             raise LmlabError("mlp.train.optimizer must be sgd (the fused ensemble's update)")
-        if self.wavenet.enabled:
-            self.wavenet.train.validate()
-            bs = self.wavenet.block_size
-            if bs < 2 or bs & (bs - 1):
-                raise LmlabError(f"wavenet.block_size must be a power of 2, ≥ 2 (got {bs})")
-        if self.transformer.enabled:
-            self.transformer.train.validate()
-            if self.transformer.n_embd % self.transformer.n_head:
-                raise LmlabError("transformer.n_embd must be a multiple of transformer.n_head")
-        if self.samples < 0:
-            raise LmlabError(f"samples must be ≥ 0 (got {self.samples})")
+        for name in ("mlp", "wavenet", "transformer"):  # the rules below divide by the sizes
+            check_ranges(getattr(self, name), name + ".")
+        if w.enabled and w.block_size & (w.block_size - 1):
+            raise LmlabError(f"wavenet.block_size must be a power of 2 (got {w.block_size}): "
+                             "pairs of positions are fused level by level")
+        if t.enabled and t.n_embd % t.n_head:
+            raise LmlabError(f"transformer.n_embd={t.n_embd} must be a multiple of "
+                             f"transformer.n_head={t.n_head} (each head gets n_embd / n_head)")
+        V = len(set(self.data.chars)) + 1 if self.data.chars else 27  # 27: the SSA names'
+        m.train.check_memory("mlp", k * m.n_embd * (V + m.block_size * m.n_hidden)
+                             + k * m.n_hidden * V, k * (m.block_size * m.n_embd + 4 * m.n_hidden))
+        if w.enabled:
+            w.train.check_memory("wavenet", V * w.n_embd + 2 * w.n_embd * w.n_hidden + w.n_hidden
+                                 * (V + (w.block_size.bit_length() - 2) * 2 * w.n_hidden),
+                                 w.block_size * (w.n_embd + 4 * w.n_hidden))
+        if t.enabled:  # words taken as 32 characters long
+            t.train.check_memory("transformer", 2 * V * t.n_embd + 12 * t.n_layer * t.n_embd**2,
+                                 32 * t.n_layer * (16 * t.n_embd + 96 * t.n_head))
 
 
 @dataclass(frozen=True)

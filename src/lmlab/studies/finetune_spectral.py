@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
 from lmlab.studies.pattern import Summary, SummaryKey
@@ -94,19 +95,10 @@ class DataConfig:
     url: str = ("https://raw.githubusercontent.com/omroot/InductiveSLM/master/cache/raw_data/"
                 "ir_triplets/ir_triplets.json")
     template: str = "Context: {Training Observations}\n\nQuestion: {Question}\n\nAnswer: {Answer}"
-    n_samples: int | None = 500
-    test_fraction: float = 0.2
-    max_length: int = 256
-    seed: int = 42
-
-    def validate(self) -> None:
-        """Reject impossible values."""
-        if not 0 < self.test_fraction < 1:
-            raise LmlabError("data.test_fraction must be between 0 and 1")
-        if self.n_samples is not None and self.n_samples < 2:
-            raise LmlabError("data.n_samples must be at least 2 (or none for all records)")
-        if self.max_length < 2:
-            raise LmlabError("data.max_length must be at least 2 tokens")
+    n_samples: int | None = ranged(500, 2, 10**7, why="the records are held in memory")
+    test_fraction: float = ranged(0.2, 0, 1, open_lo=True, open_hi=True)
+    max_length: int = ranged(256, 2, 8192, why="beyond the context of the models")
+    seed: int = seed_field(42)
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ class SpectralConfig:
         precision: ``float64`` (weightwatcher parity) or ``float32`` (cheaper tracking).
     """
 
-    track_every: int = 10
+    track_every: int = ranged(10, 1)
     precision: Literal["float64", "float32"] = "float64"
 
 
@@ -141,7 +133,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     spectral: SpectralConfig = field(default_factory=SpectralConfig)
     device: str = "auto"
-    seed: int = 42
+    seed: int = seed_field(42)
 
     @classmethod
     def paper(cls) -> Config:
@@ -158,6 +150,10 @@ class Config:
             train=TrainConfig(warmup_steps=2),
             spectral=SpectralConfig(track_every=6),
         )
+
+    def validate(self) -> None:
+        """One batch of ``data.max_length`` tokens must fit in memory."""
+        self.train.check_batch_tokens(self.data.max_length, "data.max_length")
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from lmlab.config import check_ranges, ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
 from lmlab.studies.pattern import Summary, SummaryKey
@@ -97,6 +98,10 @@ def setting_name(pool: int) -> str:
     return _NAMES.get(pool, f"pool_size_{pool}")
 
 
+MAX_CHECKPOINTS = 1000  # per setting (the paper's: 100)
+_EVAL_WHY = "the test sets are held in memory and evaluated at every checkpoint"
+
+
 @dataclass(frozen=True)
 class Config:
     """The induction study.
@@ -120,18 +125,20 @@ class Config:
         device: ``cpu`` or ``cuda``.
     """
 
-    pools: tuple[int, ...] = (0, 100, 1000, 740, 750)
-    steps: int = 20_000
-    save_every: int = 200
-    eval_every: int = 20
-    eval_cheap: int = 200
-    eval_full: int = 2000
-    num_layers: int = 2
-    seed: int = 2026
-    ranks_plotted: tuple[int, ...] = (5, 10, 15, 20)
-    r_sign: int = 1
-    argmax_axis: str = "row"
-    layernorm: str = "ignore"
+    pools: tuple[int, ...] = ranged((0, 100, 1000, 740, 750), 0, 10**6,
+                                    why="the pool's segments are held in memory")
+    steps: int = ranged(20_000, 1, 10**6, why="the error log keeps a row every eval_every steps")
+    save_every: int = ranged(200, 1)
+    eval_every: int = ranged(20, 1)
+    eval_cheap: int = ranged(200, 1, 10**5, why=_EVAL_WHY)
+    eval_full: int = ranged(2000, 1, 10**5, why=_EVAL_WHY)
+    num_layers: int = ranged(2, 1, 64, why="every layer adds a block of the paper's width")
+    seed: int = seed_field(2026)
+    ranks_plotted: tuple[int, ...] = ranged((5, 10, 15, 20), 1, 32,
+                                            why="the matching is measured up to rank 32")
+    r_sign: Literal[1, -1] = 1
+    argmax_axis: Literal["row", "col"] = "row"
+    layernorm: Literal["ignore", "fold"] = "ignore"
     runs_dir: str | None = None
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig(backend="process",
                                                                    workers=2))
@@ -150,29 +157,25 @@ class Config:
         return cls(pools=(0, 100), steps=3600, eval_every=50, eval_full=1000)
 
     def validate(self) -> None:
-        """Raise LmlabError naming the field out of range."""
-        if not self.pools or any(p < 0 for p in self.pools):
-            raise LmlabError(f"pools must be non-negative pool sizes (0: infinite); got "
-                             f"{self.pools}")
+        """Distinct pools; checkpoints that end at the last step and fit on disk; a cheap
+        evaluation no larger than the full one; settings that validate; the CPU."""
+        check_ranges(self)
+        if not self.pools:
+            raise LmlabError("pools is empty; name at least one pool size (0: infinite)")
         if len(set(self.pools)) != len(self.pools):
             raise LmlabError(f"pools has duplicates: {self.pools}")
-        if self.steps < 1 or self.save_every < 1 or self.eval_every < 1:
-            raise LmlabError("steps, save_every and eval_every must be ≥ 1")
         if self.steps % self.save_every:
             raise LmlabError(f"save_every={self.save_every} must divide steps={self.steps} "
                              "(the last checkpoint holds the final weights)")
-        if self.eval_full < 1 or self.eval_cheap < 1:
-            raise LmlabError("eval_full and eval_cheap must be ≥ 1")
-        if self.num_layers < 1:
-            raise LmlabError(f"num_layers must be ≥ 1 (got {self.num_layers})")
-        if self.r_sign not in (1, -1):
-            raise LmlabError(f"r_sign must be 1 or -1 (got {self.r_sign})")
-        if self.argmax_axis not in ("row", "col"):
-            raise LmlabError(f"argmax_axis must be row or col (got {self.argmax_axis!r})")
-        if self.layernorm not in ("ignore", "fold"):
-            raise LmlabError(f"layernorm must be ignore or fold (got {self.layernorm!r})")
-        if any(not 1 <= r <= 32 for r in self.ranks_plotted):
-            raise LmlabError(f"ranks_plotted must be in 1..32 (got {self.ranks_plotted})")
+        if self.steps // self.save_every > MAX_CHECKPOINTS:
+            raise LmlabError(f"steps / save_every = {self.steps // self.save_every} checkpoints "
+                             f"per setting; at most {MAX_CHECKPOINTS} (each is saved to disk "
+                             "and measured afterwards): raise save_every")
+        if self.eval_cheap > self.eval_full:
+            raise LmlabError(f"eval_cheap={self.eval_cheap} must not exceed eval_full="
+                             f"{self.eval_full} (the cheap set is a prefix of the full one)")
+        for cell in cells_of(self, Path(".")):
+            cell.setting.validate()
         self.sweep.validate()
         if self.device not in ("cpu", "auto"):
             raise LmlabError("the induction study trains on the CPU, one thread per setting; "

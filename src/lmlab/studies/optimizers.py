@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
 from lmlab.studies.pattern import Summary, SummaryKey
@@ -78,8 +79,8 @@ class LinesData:
 
     source: Literal["wikitext2", "stdlib-docstrings", "file"] = "wikitext2"
     path: str | None = None
-    max_tokens: int = 128
-    budget: int = 1024
+    max_tokens: int = ranged(128, 2, 8192, why="beyond the context of the models")
+    budget: int = ranged(1024, 2, 10**7, why="the tokens of both splits are held in memory")
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Config:
         max_grad_norm=1.0, weight_decay=0.01))
     device: str = "auto"
     keep_checkpoints: bool = False
-    seed: int = 42
+    seed: int = seed_field(42)
 
     @classmethod
     def paper(cls) -> Config:
@@ -123,13 +124,14 @@ class Config:
                    train=dataclasses.replace(base.train, epochs=3))
 
     def validate(self) -> None:
-        """Every optimiser name must exist."""
+        """Every optimiser name must be one the loop can drive; a batch must fit in memory."""
         from lmlab.train.loop import _optimizer_class
 
         if not self.optimizers:
             raise LmlabError("optimizers is empty; name at least one, e.g. adamw,sgd")
         for name in self.optimizers:
             _optimizer_class(name)
+        self.train.check_batch_tokens(self.data.max_tokens, "data.max_tokens")
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,17 @@
 """Every option of a study: the ``--set`` keys with their type, defaults and meaning.
 
 What ``lmlab study show STUDY`` prints. The meaning of a field comes from the ``Attributes:``
-section of its config class's docstring (Google style), or from ``field(metadata={"doc": ...})``.
+section of its config class's docstring (Google style), or from ``field(metadata={"doc": ...})``;
+its valid values from its type (``Literal`` choices) and its declared range
+(:func:`lmlab.config.ranged`).
 
 >>> opts = {o.key: o for o in study_options("spectral")}
 >>> opts["method"].type, opts["method"].quick, opts["method"].paper
 ("one of 'eigh', 'svd'", 'eigh', 'svd')
 >>> opts["method"].doc.startswith("``eigh``")
 True
+>>> {o.key: o for o in study_options("charlm")}["mlp.train.steps"].allowed
+'int in [1, 1e7]'
 """
 
 from __future__ import annotations
@@ -24,13 +28,22 @@ __all__ = ["Option", "field_docs", "format_options", "markdown_reference",
 
 @dataclass(frozen=True)
 class Option:
-    """One ``--set`` key of a study."""
+    """One ``--set`` key of a study.
+
+    Attributes:
+        key: the dotted ``--set`` key.
+        type: the bare type (``int``, ``one of 'a', 'b'``, ``comma-separated list of float``).
+        quick, paper: the presets' values, as ``--set`` takes them.
+        doc: the meaning (and what an upper bound is for).
+        allowed: the type with the valid range of its numbers (``int ≥ 1 or None``).
+    """
 
     key: str
     type: str
     quick: str
     paper: str
     doc: str
+    allowed: str = ""
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -90,7 +103,7 @@ def _shown(value: Any) -> str:
 
 
 def _walk(quick: Any, paper: Any, prefix: str) -> list[Option]:
-    from lmlab._coerce import field_types, section_class, type_name
+    from lmlab._coerce import field_range, field_types, section_class, type_name
 
     out: list[Option] = []
     cls: Any = type(quick)
@@ -104,9 +117,12 @@ def _walk(quick: Any, paper: Any, prefix: str) -> list[Option]:
         if section is not None and dataclasses.is_dataclass(q) and dataclasses.is_dataclass(p):
             out += _walk(q, p, f"{prefix}{f.name}.")
             continue
-        doc = f.metadata.get("doc") or docs.get(f.name, "")
+        doc = " ".join(str(f.metadata.get("doc") or docs.get(f.name, "")).split())
+        rule = field_range(f)
+        if rule is not None and rule.why:
+            doc += f" (upper bound: {rule.why})"
         out.append(Option(prefix + f.name, type_name(hints[f.name]), _shown(q), _shown(p),
-                          " ".join(str(doc).split())))
+                          doc, type_name(hints[f.name], rule)))
     return out
 
 
@@ -127,7 +143,7 @@ def format_options(study: str, width: int = 100) -> str:
     for o in opts:
         same = o.quick == o.paper
         default = o.quick if same else f"quick {o.quick} | paper {o.paper}"
-        lines.append(f"{o.key:<{key_w}}  {o.type}  [default: {default}]")
+        lines.append(f"{o.key:<{key_w}}  {o.allowed or o.type}  [default: {default}]")
         if o.doc:
             lines.append(" " * (key_w + 2) + (o.doc if len(o.doc) + key_w + 2 <= width * 3
                                                 else o.doc[: width * 3] + "…"))
@@ -147,7 +163,8 @@ def markdown_reference(study: str) -> str:
     rows = [f"## `{study}`", "", f"`lmlab run {study} --set KEY=VALUE`:", "",
             "| key | type | quick | paper | meaning |", "|---|---|---|---|---|"]
     for o in study_options(study):
-        rows.append(f"| `{o.key}` | {_md(o.type)} | `{_md(o.quick)}` | `{_md(o.paper)}` | "
+        rows.append(f"| `{o.key}` | {_md(o.allowed or o.type)} | `{_md(o.quick)}` | "
+                    f"`{_md(o.paper)}` | "
                     f"{_md(o.doc)} |")
     schema = getattr(module, "SUMMARY", None)
     if schema is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib
 import importlib.util
 import os
@@ -93,8 +94,14 @@ def _scan(folder: Path, package: str | None) -> list[StudyInfo]:
 
 def study_table() -> list[StudyInfo]:
     """All registered studies, built-in first (in their declared order), then the user's."""
+    return list(_table(os.environ.get(STUDY_PATH_ENV, "")))
+
+
+@functools.lru_cache(maxsize=8)
+def _table(study_path: str) -> tuple[StudyInfo, ...]:
+    """The registry for one value of ``LMLAB_STUDY_PATH`` (read once per process)."""
     studies = _scan(Path(__file__).parent, __package__)
-    for folder in filter(None, os.environ.get(STUDY_PATH_ENV, "").split(os.pathsep)):
+    for folder in filter(None, study_path.split(os.pathsep)):
         studies += _scan(Path(folder).expanduser(), None)
     seen: dict[str, StudyInfo] = {}
     for info in sorted(studies, key=lambda s: (s.order, s.name)):
@@ -102,7 +109,7 @@ def study_table() -> list[StudyInfo]:
             raise LmlabError(f"two studies are named '{info.name}' ({seen[info.name].module} "
                              f"and {info.module}); rename one")
         seen[info.name] = info
-    return list(seen.values())
+    return tuple(seen.values())
 
 
 def study_names() -> list[str]:

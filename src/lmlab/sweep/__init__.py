@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
+from lmlab.config import check_ranges, ranged
 from lmlab.errors import LmlabError
 from lmlab.runs.io import to_jsonable
 from lmlab.sweep._backends import RAY_HINT as RAY_HINT
@@ -73,9 +74,9 @@ class SweepConfig:
     """
 
     backend: Literal["inprocess", "process", "ray"] = "inprocess"
-    workers: int | None = None
+    workers: int | None = ranged(None, 1, 1024, why="each worker is a process or a Ray task")
     address: str | None = None
-    threads_per_worker: int = 1
+    threads_per_worker: int = ranged(1, 1, 1024)
 
     def validate(self) -> None:
         """Check every field.
@@ -83,6 +84,7 @@ class SweepConfig:
         Raises:
             LmlabError: Naming the field with a bad value.
         """
+        check_ranges(self, "sweep.")
         if self.backend not in BACKENDS:
             raise LmlabError(
                 f"unknown sweep backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"

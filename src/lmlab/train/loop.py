@@ -31,8 +31,11 @@ same global batch (exactly, when dropout is off).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +43,8 @@ from typing import Any, Literal
 
 import torch
 
-from lmlab.errors import LmlabError
+from lmlab.config import check_ranges, ranged, seed_field
+from lmlab.errors import LmlabError, first_line
 from lmlab.train.callbacks import Callback, TrainState
 from lmlab.train.checkpoint import latest_checkpoint, save_checkpoint
 from lmlab.train.core import (
@@ -53,9 +57,13 @@ from lmlab.train.core import (
 from lmlab.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from lmlab.train.lm import evaluate_lm, token_loss_sum
 
-__all__ = ["TrainConfig", "TrainResult", "train", "decay_groups", "build_optimizer"]
+__all__ = ["TrainConfig", "TrainResult", "train", "decay_groups", "build_optimizer",
+           "supported_optimizers"]
 
 Collate = Callable[[Sequence[Sequence[int]]], dict[str, torch.Tensor]]
+
+MAX_BATCH_TOKENS = 2**14
+"""The most tokens one batch may hold (8 × the paper presets' 8 × 256)."""
 
 
 @dataclass(frozen=True)
@@ -69,36 +77,51 @@ class TrainConfig:
         weight_decay: AdamW decay, on all parameters but biases and norm weights.
         warmup_steps: linear warm-up steps, then linear decay to 0.
         max_grad_norm: gradient clipping norm (none: no clipping).
-        max_steps: stop after this many steps (none: all epochs).
+        max_steps: stop after this many steps (none: all epochs; 0 is refused, not read as
+            none).
         checkpoint_every: also checkpoint every this many steps (none: at epoch ends only).
         seed: seeds the data order (and, by the caller, the model).
         optimizer: ``adamw`` (default), ``sgd``, or any ``torch.optim`` class by name
-            (``Adam``, ``RMSprop``, ...), built with ``lr`` and the decay groups.
+            (``Adam``, ``RMSprop``, ...), built with ``lr`` and the decay groups; one whose step
+            needs a closure (``LBFGS``) or sparse gradients (``SparseAdam``) is refused.
         momentum: SGD's momentum (used only by ``sgd``).
         schedule: ``linear`` (warm-up, then linear decay to 0) or ``constant`` (warm-up, then
             the peak rate).
     """
 
-    epochs: int = 1
-    batch_size: int = 8
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    max_grad_norm: float | None = 1.0
-    max_steps: int | None = None
-    checkpoint_every: int | None = None
-    seed: int = 42
+    epochs: int = ranged(1, 1, 10_000, why="every epoch's steps are logged and kept in memory")
+    batch_size: int = ranged(8, 1, 1024, why="a batch's activations are held in memory at once")
+    lr: float = ranged(5e-5, 0, open_lo=True)
+    weight_decay: float = ranged(0.01, 0)
+    warmup_steps: int = ranged(20, 0)
+    max_grad_norm: float | None = ranged(1.0, 0, open_lo=True)
+    max_steps: int | None = ranged(None, 1, 10**7, why="every step's row is kept in memory")
+    checkpoint_every: int | None = ranged(None, 1)
+    seed: int = seed_field(42)
     optimizer: str = "adamw"
-    momentum: float = 0.9
+    momentum: float = ranged(0.9, 0, 1, open_hi=True)
     schedule: Literal["linear", "constant"] = "linear"
 
     def validate(self) -> None:
-        """Reject impossible settings."""
+        """Every value in its declared range; an optimiser the loop can drive."""
+        check_ranges(self, "train.")
         _optimizer_class(self.optimizer)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise LmlabError("train.epochs and train.batch_size must be at least 1")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise LmlabError("train.lr must be > 0; warmup_steps and weight_decay >= 0")
+
+    def check_batch_tokens(self, seq_len: int, seq_key: str) -> None:
+        """Refuse a batch whose tokens (``batch_size × seq_len``) would not fit in memory: the
+        logits alone are batch × length × vocabulary floats (13 GB for 2**16 tokens of
+        GPT-2's vocabulary).
+
+        Args:
+            seq_len: the longest example, in tokens.
+            seq_key: the config key that sets it, named in the error.
+        """
+        tokens = self.batch_size * seq_len
+        if tokens > MAX_BATCH_TOKENS:
+            raise LmlabError(f"train.batch_size × {seq_key} = {self.batch_size} × {seq_len} = "
+                             f"{tokens} tokens per batch; at most {MAX_BATCH_TOKENS} fit in "
+                             f"memory (the logits take tokens × vocabulary floats); lower "
+                             f"train.batch_size or {seq_key}")
 
 
 @dataclass
@@ -141,16 +164,66 @@ def _schedule(step: int, warmup: int, total: int, kind: str = "linear") -> float
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+_ALIASES = {"adamw": "AdamW", "sgd": "SGD", "adam": "Adam"}
+
+
+def _optimizer_classes() -> dict[str, type]:
+    return {n: c for n in dir(torch.optim) if isinstance(c := getattr(torch.optim, n), type)
+            and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
+
+
+def _construct(cls: Any, groups: list[dict[str, Any]], lr: float,
+               momentum: float) -> torch.optim.Optimizer:
+    """``cls`` over ``groups``: AdamW with β 0.9/0.999, ε 1e-8; SGD with ``momentum``."""
+    if cls is torch.optim.AdamW:
+        return cls(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)  # type: ignore[no-any-return]
+    if cls is torch.optim.SGD:
+        return cls(groups, lr=lr, momentum=momentum)  # type: ignore[no-any-return]
+    return cls(groups, lr=lr)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _unusable(cls: type) -> str:
+    """Why the training loop cannot drive ``cls`` ('' if it can): its step must run without a
+    closure on dense gradients of a matrix and a bias, built as :func:`build_optimizer` does.
+    The probe draws no random numbers."""
+    if cls in (torch.optim.AdamW, torch.optim.SGD, torch.optim.Adam):
+        return ""  # the usual ones: no probe (a first optimiser step imports much of torch)
+    closure = inspect.signature(cls.step).parameters.get("closure")  # type: ignore[attr-defined]
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        return "its step needs a closure that re-evaluates the loss"
+    weight, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = _construct(cls, [{"params": [weight], "weight_decay": 0.01},
+                                   {"params": [bias], "weight_decay": 0.0}], 1e-3, 0.9)
+            weight.grad, bias.grad = torch.ones(2, 2), torch.ones(2)
+            opt.step()
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises, the optimiser is out
+        return first_line(exc)
+    return ""
+
+
+def supported_optimizers() -> list[str]:
+    """The ``torch.optim`` classes the training loop can drive, by name.
+
+    >>> "AdamW" in supported_optimizers(), "LBFGS" in supported_optimizers()
+    (True, False)
+    """
+    return sorted(n for n, c in _optimizer_classes().items() if not _unusable(c))
+
+
 def _optimizer_class(name: str) -> Any:
-    """``adamw``/``sgd`` or a ``torch.optim`` class name; an unknown name is a clear error."""
-    aliases = {"adamw": "AdamW", "sgd": "SGD", "adam": "Adam"}
-    cls = getattr(torch.optim, aliases.get(name.lower(), name), None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        known = sorted(n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-                       and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
-                       and n != "Optimizer")
-        raise LmlabError(f"unknown optimizer '{name}'; use adamw, sgd or one of: "
-                         f"{', '.join(known)}")
+    """``adamw``/``sgd`` or a ``torch.optim`` class name the loop can drive; an unknown or
+    unusable name (a closure or sparse gradients needed) is a one-line error."""
+    cls = _optimizer_classes().get(_ALIASES.get(name.lower(), name))
+    use = f"use adamw, sgd or one of: {', '.join(supported_optimizers())}"
+    if cls is None:
+        raise LmlabError(f"unknown optimizer '{name}'; {use}")
+    problem = _unusable(cls)
+    if problem:
+        raise LmlabError(f"optimizer '{name}' cannot train here ({problem}); {use}")
     return cls
 
 
@@ -158,12 +231,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     """The optimiser named by ``cfg`` over :func:`decay_groups` (AdamW with β 0.9/0.999,
     ε 1e-8; SGD with ``cfg.momentum``)."""
     cls = _optimizer_class(cfg.optimizer)
-    groups = decay_groups(model, cfg.weight_decay)
-    if cls is torch.optim.AdamW:
-        return cls(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    if cls is torch.optim.SGD:
-        return cls(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return cls(groups, lr=cfg.lr)
+    return _construct(cls, decay_groups(model, cfg.weight_decay), cfg.lr, cfg.momentum)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -27,10 +27,19 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from lmlab.config import check_ranges, ranged
 from lmlab.errors import LmlabError
 from lmlab.train.core import check_finite, progress_bar
 
-__all__ = ["FusedModel", "StepConfig", "StepResult", "train_ensemble", "train_module"]
+__all__ = ["MAX_MEMORY", "MEMORY_WHY", "FusedModel", "StepConfig", "StepResult",
+           "train_ensemble", "train_module"]
+
+
+MAX_MEMORY = 8 * 2**30
+"""The most memory a model of a step loop may need (see :meth:`StepConfig.check_memory`)."""
+MEMORY_WHY = (f"with the other sizes and the batch, the model must fit in "
+              f"{MAX_MEMORY // 2**30} GiB")
+"""What the upper bound of a model size is for (said in errors and ``lmlab study show``)."""
 
 
 @dataclass(frozen=True)
@@ -39,41 +48,52 @@ class StepConfig:
 
     Attributes:
         steps: optimisation steps.
-        batch_size: rows per minibatch, drawn with replacement.
+        batch_size: rows per minibatch, drawn with replacement (two at least: BatchNorm needs
+            them).
         lr: learning rate until ``lr_decay_step``.
         lr_decay_step: from this step on the rate is ``lr_decayed`` (none: constant ``lr``).
         lr_decayed: the rate after the decay step.
         optimizer: ``sgd`` (plain, no momentum) or ``adamw``.
         weight_decay: AdamW's decoupled decay.
-        betas: AdamW's betas.
+        betas: AdamW's betas (β1, β2).
         diag_every: record diagnostics (activations, gradient and update-to-data ratios) every
             this many steps (0: never).
         check_every: check the loss for NaN/Inf every this many steps.
     """
 
-    steps: int = 200_000
-    batch_size: int = 32
-    lr: float = 0.1
-    lr_decay_step: int | None = 100_000
-    lr_decayed: float = 0.01
+    steps: int = ranged(200_000, 1, 10**7, why="the loss of every step is kept in memory")
+    batch_size: int = ranged(32, 2, 4096, why="a batch's activations are held in memory at once")
+    lr: float = ranged(0.1, 0, open_lo=True)
+    lr_decay_step: int | None = ranged(100_000, 0)
+    lr_decayed: float = ranged(0.01, 0, open_lo=True)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    diag_every: int = 1000
-    check_every: int = 500
+    weight_decay: float = ranged(0.0, 0)
+    betas: tuple[float, float] = ranged((0.9, 0.99), 0, 1, open_hi=True)
+    diag_every: int = ranged(1000, 0)
+    check_every: int = ranged(500, 1)
 
     def validate(self) -> None:
-        """Positive sizes and rates, a known optimiser."""
-        if self.steps < 1 or self.batch_size < 2:
-            raise LmlabError(f"steps must be ≥ 1 and batch_size ≥ 2 (BatchNorm needs two rows); "
-                             f"got steps={self.steps}, batch_size={self.batch_size}")
-        if not (self.lr > 0 and self.lr_decayed > 0):
-            raise LmlabError(f"learning rates must be positive (lr={self.lr}, "
-                             f"lr_decayed={self.lr_decayed})")
+        """Every value in its declared range; a known optimiser."""
+        check_ranges(self)
         if self.optimizer not in ("sgd", "adamw"):
             raise LmlabError(f"optimizer must be sgd or adamw (got {self.optimizer!r})")
-        if self.check_every < 1 or self.diag_every < 0:
-            raise LmlabError("check_every must be ≥ 1 and diag_every ≥ 0")
+
+    def check_memory(self, model: str, parameters: int, per_row: int) -> None:
+        """Refuse a model that would need more than ``MAX_MEMORY`` bytes while it trains:
+        float32 weights, gradients and optimiser state (4 copies of ``parameters``) and the
+        activations of one batch (``per_row`` floats a row).
+
+        Args:
+            model: the config section of the model, named in the error.
+            parameters: the model's (estimated) parameters.
+            per_row: its (estimated) activations per row of a batch.
+        """
+        need = 4 * (4 * parameters + self.batch_size * per_row)
+        if need > MAX_MEMORY:
+            raise LmlabError(f"the {model} would need about {need / 2**30:.1f} GiB while it "
+                             f"trains (weights, gradients, optimiser state, one batch); at most "
+                             f"{MAX_MEMORY // 2**30} GiB: lower its sizes or "
+                             f"{model}.train.batch_size")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of ``step`` (0-based)."""
