@@ -181,7 +181,7 @@ def test_empty_directory_and_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(LmlabError, match="no such run directory"):
         load_run(tmp_path / "nope")
     (tmp_path / "ckpt_0.pt").write_text("not a checkpoint")
-    with pytest.raises(LmlabError, match="cannot load checkpoint"):
+    with pytest.raises(LmlabError, match="cannot read checkpoint"):
         load_run(tmp_path)
     with pytest.raises(LmlabError, match="r_sign"):
         MeasureConfig(r_sign=2)  # type: ignore[arg-type]

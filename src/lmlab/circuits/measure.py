@@ -60,7 +60,7 @@ from lmlab.circuits.subspace import (
     rotary_R,
     token_mismatch,
 )
-from lmlab.errors import LmlabError, first_line
+from lmlab.errors import LmlabError
 
 __all__ = [
     "ERR_COLUMNS",
@@ -74,6 +74,7 @@ __all__ = [
 
 ERR_COLUMNS = ("loss_train", "err_train", "loss_test", "err_test", "loss_ood", "err_ood")
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+_REWRITE = "write it again with torch.save(model.state_dict(), path), or train the run again"
 
 
 @dataclass(frozen=True)
@@ -223,15 +224,16 @@ def _read_err(path: Path) -> pd.DataFrame:
 
 
 def _load_state_dict(path: Path) -> dict[str, Any]:
+    """A state dict read as tensors and plain values only: nothing in the file can run code."""
     import torch
 
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise LmlabError(f"cannot load checkpoint {path}: {first_line(exc)}") from None
+    from lmlab.train.checkpoint import read_torch
+
+    sd = read_torch(path, advice=_REWRITE)
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise LmlabError(f"{path} is not a state_dict of tensors")
+        raise LmlabError(f"{path} is not a state_dict of tensors; {_REWRITE}")
     return dict(sd)
+
 
 
 def load_run(run_dir: str | Path, *, grid: int | None = None) -> RunWeights:
@@ -274,7 +276,8 @@ def _find_checkpoints(root: Path) -> dict[int, Path]:
     """Step → ``ckpt_{step}.pt`` of a run directory, raising LmlabError when there are none."""
     if not root.is_dir():
         raise LmlabError(f"no such run directory: {root}")
-    found = {int(m.group(1)): p for p in root.iterdir() if (m := _CKPT_RE.match(p.name))}
+    found = {int(m.group(1)): p for p in root.iterdir()
+             if (m := _CKPT_RE.match(p.name)) and p.is_file()}  # a FIFO would hang
     if not found:
         raise LmlabError(f"no checkpoints ckpt_<step>.pt in {root}")
     return found

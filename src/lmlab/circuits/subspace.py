@@ -26,13 +26,14 @@ checkpoint, say), so a whole training run is measured with one batched NumPy cal
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from lmlab import runtime
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 from lmlab.runs.io import atomic_write_with
 
 __all__ = [
@@ -139,6 +140,29 @@ def _baseline_file(root: Path, d: int, draws: int, seed: int, method: str) -> Pa
     return root / "circuits" / f"subspace_baseline_d{d}_draws{draws}_seed{seed}{suffix}.npy"
 
 
+def _read_baseline(path: Path, d: int) -> np.ndarray | None:
+    """The baseline table cached in ``path``, or None to compute it again.
+
+    Read as numbers only (``allow_pickle=False``: nothing in the file can run code). A file
+    that is there but cannot be used is named in a warning, and the table is computed again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError):  # pickled objects, empty, truncated, or not an .npy file
+        reason = "it is not a complete array of numbers"
+    except OSError as exc:
+        reason = first_line(exc)
+    else:
+        if isinstance(loaded, np.ndarray) and loaded.shape == (d,) and loaded.dtype.kind == "f":
+            return loaded
+        reason = f"it does not hold the {d} numbers of this baseline"
+    warnings.warn(f"ignored the cache file {path} ({reason}); computing the baseline again",
+                  stacklevel=3)  # _read_baseline <- random_baseline <- its caller
+    return None
+
+
 def random_baseline(d: int, ranks: tuple[int, ...] | list[int] | range, draws: int = 1000,
                     seed: int = 0, cache_dir: str | Path | None = None, *,
                     method: Method = "largest", disk: bool = True) -> np.ndarray:
@@ -182,12 +206,8 @@ def random_baseline(d: int, ranks: tuple[int, ...] | list[int] | range, draws: i
         if cache_dir is None:
             cache_dir = runtime.cache_dir()
         path = _baseline_file(Path(cache_dir), d, draws, seed, method)
-        if table is None and path.is_file():
-            try:
-                loaded = np.load(path)
-                table = loaded if loaded.shape == (d,) else None
-            except (OSError, ValueError):
-                table = None
+        if table is None:
+            table = _read_baseline(path, d)
     if table is None:
         table = np.full(d, np.nan)
     todo = sorted({r for r in rs if math.isnan(table[r - 1])})
@@ -196,7 +216,8 @@ def random_baseline(d: int, ranks: tuple[int, ...] | list[int] | range, draws: i
         C = _haar_orthogonal(d, draws, seed)
         table[np.array(todo) - 1] = matching_curve(C, todo, method).mean(axis=0)
         if path is not None:
-            atomic_write_with(path, lambda handle: np.save(handle, table), hint=_CACHE_HINT)
+            atomic_write_with(path, lambda handle: np.save(handle, table, allow_pickle=False),
+                              hint=_CACHE_HINT)
     _BASELINE_CACHE[key] = table
     return table[np.array(rs, dtype=int) - 1] if rs else np.empty(0)
 

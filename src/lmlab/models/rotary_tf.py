@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lmlab.errors import LmlabError, first_line
+from lmlab.errors import LmlabError
 
 __all__ = [
     "Embedding",
@@ -355,12 +355,13 @@ def load_checkpoint(path: str | os.PathLike[str], cfg: RotaryConfig | None = Non
     ...     load_checkpoint(path).training
     False
     """
-    try:
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise LmlabError(f"no checkpoint at {path}; check the path") from None
-    except Exception as exc:  # noqa: BLE001 - zip/pickle errors of many kinds
-        raise LmlabError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
+    from lmlab.train.checkpoint import read_torch
+
+    if not os.path.isfile(path):
+        raise LmlabError(f"no checkpoint at {path}; check the path")
+    # tensors and plain values only: nothing in the file can run code
+    state = read_torch(path, advice="save the weights with torch.save(model.state_dict(), "
+                                    "path) and load that file")
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise LmlabError(f"{path} does not hold a state dict (name -> tensor)")
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -77,7 +78,9 @@ def trained(run_dir: RunDir, phase: str, get_state: Callable[[], Any],
 
     The file (weights and the loop's result: every step's loss, the diagnostics, the timing)
     is written as soon as the phase has trained, so a resumed run skips the phases that
-    finished and ends with the same numbers and figures.
+    finished and ends with the same numbers and figures. A file that cannot be used (torn,
+    foreign, of another configuration) is named on stderr and the phase trains again; nothing
+    in it runs code.
 
     Args:
         run_dir: the run directory.
@@ -90,26 +93,61 @@ def trained(run_dir: RunDir, phase: str, get_state: Callable[[], Any],
         The loop's result, fresh or as it was kept.
     """
     import dataclasses
-    import sys
-
-    from lmlab.errors import first_line
-    from lmlab.train.sampled import StepResult
 
     path = run_dir.checkpoints_dir / f"trained-{phase}.pt"
     if path.is_file():
-        try:  # tensors and plain values only: nothing in the file can run code
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if not (isinstance(saved, dict) and saved.get("phase") == phase):
-                raise ValueError(f"it does not hold the {phase} phase")
-            set_state(saved["state"])
-            return StepResult(**saved["result"])
-        except Exception as e:  # noqa: BLE001 - a torn, foreign or older file: train again
-            print(f"lmlab: cannot use {path} ({first_line(e)}); training the {phase} phase "
-                  "again", file=sys.stderr)
+        kept = _kept(path, phase, get_state, set_state)
+        if kept is not None:
+            return kept
     result = train()
     atomic_save_torch(path, {"phase": phase, "state": get_state(),
                              "result": dataclasses.asdict(result)})
     return result
+
+
+def _kept(path: Path, phase: str, get_state: Callable[[], Any],
+          set_state: Callable[[Any], None]) -> Any | None:
+    """The loop's result kept in ``path``, its weights put back into the model; or None, after
+    one stderr line that names the file and why it cannot be used (the phase trains again).
+
+    The file is read as tensors and plain values only (:func:`lmlab.train.checkpoint.read_torch`),
+    so nothing in it can run code; its weights must have the layout of the model's own before
+    any of them is put back, so a foreign file never leaves the model half loaded.
+    """
+    import sys
+
+    from lmlab.errors import first_line
+    from lmlab.train.checkpoint import read_torch
+    from lmlab.train.sampled import StepResult
+
+    again = f"training the {phase} phase again"
+    try:
+        saved = read_torch(path, what=f"the {phase} phase's checkpoint", advice=again)
+    except LmlabError as e:
+        print(f"lmlab: {e}", file=sys.stderr)
+        return None
+    try:
+        if not (isinstance(saved, dict) and saved.get("phase") == phase):
+            raise ValueError(f"it does not hold the {phase} phase")
+        result = StepResult(**saved["result"])
+        if not isinstance(result.losses, torch.Tensor):
+            raise ValueError("its losses are not a tensor")
+        if _layout(saved["state"]) != _layout(get_state()):
+            raise ValueError("its weights do not fit the model (another configuration?)")
+        set_state(saved["state"])
+        return result
+    except Exception as e:  # noqa: BLE001 - a foreign or older file: train again
+        print(f"lmlab: cannot use {path} ({first_line(e)}); {again}", file=sys.stderr)
+        return None
+
+
+def _layout(state: Any) -> Any:
+    """The names, shapes and dtypes of the tensors in nested dicts (other values by type)."""
+    if isinstance(state, torch.Tensor):
+        return tuple(state.shape), state.dtype
+    if isinstance(state, dict):
+        return {k: _layout(v) for k, v in state.items()}
+    return type(state).__name__
 
 
 def module_state(model: torch.nn.Module) -> tuple[Callable[[], Any], Callable[[Any], None]]:

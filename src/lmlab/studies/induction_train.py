@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -57,13 +56,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from lmlab.config import config_diff
+from lmlab.config import check_ranges, config_diff, ranged, seed_field
 from lmlab.data.copying import CopyTask, copy_mask, error_rate, make_pool, sample_batch
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 from lmlab.models.rotary_tf import RotaryConfig, TFModel, load_state
 from lmlab.runs.io import atomic_save_torch, atomic_write_json
 from lmlab.runtime import limit_threads
-from lmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lmlab.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_torch,
+    save_checkpoint,
+)
 from lmlab.train.core import TrainParts, check_finite, check_finite_weights, progress_bar
 
 __all__ = ["ERR_KEYS", "PAPER_SETTINGS", "TrainSetting", "run_config", "train_setting"]
@@ -83,7 +87,8 @@ class TrainSetting:
 
     Attributes:
         name: The setting's name (the authors' ``out_dir`` leaf, e.g. ``infinite_pool_size``).
-        pool_size: Pattern-pool size, None for infinite; overrides ``task.pool_size``.
+        pool_size: Pattern-pool size, None for infinite; overrides ``task.pool_size`` (and is
+            checked against its range).
         steps: Optimiser steps (the authors' ``num_epoch``).
         batch_size: Fresh sequences per step.
         lr, betas, eps, weight_decay: AdamW on all parameters.
@@ -104,18 +109,18 @@ class TrainSetting:
 
     name: str
     pool_size: int | None
-    steps: int = 20_000
-    batch_size: int = 50
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-9
-    weight_decay: float = 5e-4
-    save_every: int = 200
-    eval_every: int = 20
-    eval_cheap: int = 200
-    eval_full: int = 5000
-    seed: int = 2026
-    num_layers: int = 2
+    steps: int = ranged(20_000, 1, 10**6, why="the error log keeps a row every eval_every steps")
+    batch_size: int = ranged(50, 1, 4096, why="a batch's activations are held in memory at once")
+    lr: float = ranged(1e-3, 0, open_lo=True)
+    betas: tuple[float, float] = ranged((0.9, 0.98), 0, 1, open_hi=True)
+    eps: float = ranged(1e-9, 0, open_lo=True)
+    weight_decay: float = ranged(5e-4, 0)
+    save_every: int = ranged(200, 1)
+    eval_every: int = ranged(20, 1)
+    eval_cheap: int = ranged(200, 1, 10**5, why="the test sets are held in memory")
+    eval_full: int = ranged(5000, 1, 10**5, why="the test sets are held in memory")
+    seed: int = seed_field(2026)
+    num_layers: int = ranged(2, 1, 64, why="every layer adds a block of the paper's width")
     mlp: bool = False
     task: CopyTask = CopyTask()
     constant_lr_quirk: bool = True
@@ -131,30 +136,24 @@ class TrainSetting:
                             num_layers=self.num_layers, mlp=self.mlp)
 
     def validate(self) -> None:
-        """Raise LmlabError naming the field that is out of range."""
+        """Raise LmlabError naming the field that is out of range (the ranges are declared
+        with the fields)."""
         if not isinstance(self.name, str) or not self.name.strip():
             raise LmlabError(f"setting.name must be a non-empty string (got {self.name!r})")
         for field in ("steps", "batch_size", "save_every", "eval_every", "eval_cheap",
-                      "eval_full", "num_layers"):
+                      "eval_full", "num_layers", "seed"):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LmlabError(f"setting.{field} must be a positive integer (got {value!r})")
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise LmlabError(f"setting.{field} must be an integer (got {value!r})")
+        if len(self.betas) != 2:
+            raise LmlabError(f"setting.betas must be two numbers in [0, 1) (got {self.betas})")
+        check_ranges(self, "setting.")
         if self.steps % self.save_every:
             raise LmlabError(f"setting.save_every={self.save_every} must divide "
                              f"steps={self.steps} (the last checkpoint is the final weights)")
         if self.eval_cheap > self.eval_full:
             raise LmlabError(f"setting.eval_cheap={self.eval_cheap} must not exceed "
                              f"eval_full={self.eval_full} (the cheap set is a prefix)")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise LmlabError(f"setting.lr must be positive (got {self.lr})")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise LmlabError(f"setting.betas must be two numbers in [0, 1) (got {self.betas})")
-        if not self.eps > 0:
-            raise LmlabError(f"setting.eps must be positive (got {self.eps})")
-        if not self.weight_decay >= 0:
-            raise LmlabError(f"setting.weight_decay must be >= 0 (got {self.weight_decay})")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise LmlabError(f"setting.seed must be a non-negative integer (got {self.seed!r})")
         self.resolved_task.validate()
         self.model_config().validate()
 
@@ -336,18 +335,38 @@ class _Run:
             raise LmlabError(f"{self.out} holds a run of another setting "
                              f"({'; '.join(diff[:4])}); choose another out_dir or delete it")
         start = int(state["step"])
+        again = f"delete {self.state_path} to start the run over"
+        ckpt = self.out / f"ckpt_{start}.pt"
+        if not ckpt.is_file():
+            raise LmlabError(f"cannot resume {self.out} at step {start}: {ckpt.name} is "
+                             f"missing; {again}")
+        weights = read_torch(ckpt, advice=again)
+        if not isinstance(weights, dict):
+            raise LmlabError(f"cannot resume {self.out} at step {start}: {ckpt} does not hold "
+                             f"a state dict; {again}")
+        saved_arr = self._saved_err_arr(start, again)
         try:
-            weights = torch.load(self.out / f"ckpt_{start}.pt", map_location="cpu",
-                                 weights_only=True)
-            saved_arr = json.loads((self.out / "err_arr.json").read_text())
-        except Exception as exc:  # noqa: BLE001 - missing file, zip or JSON errors
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise LmlabError(f"cannot resume {self.out} at step {start}: {first}; delete "
-                             f"{_STATE} to start the run over") from None
-        load_state(self.model, weights)
+            load_state(self.model, weights)
+        except LmlabError:  # the setting was checked above: the file is a foreign one
+            raise LmlabError(f"cannot resume from {ckpt}: its weights do not fit the "
+                             f"setting's model; {again}") from None
         self.parts.restore(state, source=self.state_path)
         self.err_arr = [e for e in saved_arr if e["epoch"] < start]
         return start
+
+    def _saved_err_arr(self, start: int, again: str) -> list[dict[str, Any]]:
+        """``err_arr.json`` as the last checkpoint left it (a list of entries with an epoch)."""
+        path = self.out / "err_arr.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # missing, unreadable, not UTF-8 or not JSON
+            raise LmlabError(f"cannot resume {self.out} at step {start}: cannot read {path} "
+                             f"({first_line(exc)}); {again}") from None
+        if not (isinstance(saved, list)
+                and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in saved)):
+            raise LmlabError(f"cannot resume {self.out} at step {start}: {path} is not a list "
+                             f"of entries with an epoch; {again}")
+        return saved
 
     def checkpoint(self, step: int) -> None:
         """Weights, ``err_arr.json``, then the training state (the commit marker)."""

@@ -17,8 +17,9 @@ STORE_FILE = "cells.jsonl"
 class _Store:
     """``cells.jsonl`` in a directory: one ``{"key", "seconds", "rows"}`` line per finished cell.
 
-    A torn last line (a crash mid-write) is ignored and cut off before the next append; a
-    corrupt line elsewhere is skipped with a warning. Either way that cell is computed again.
+    Lines are JSON, so nothing in the file can run code. A torn last line (a crash mid-write)
+    is ignored with a warning and cut off before the next append; a corrupt line elsewhere is
+    skipped with a warning. Either way that cell is computed again.
     A lock file keeps two sweeps from writing the same store at once (where ``fcntl`` exists).
     """
 
@@ -64,6 +65,12 @@ class _Store:
             raise LmlabError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         good = data.rfind(b"\n") + 1  # a torn tail after the last newline is ignored
         self._good_size = good if good < len(data) else None
+        if self._good_size is not None:
+            warnings.warn(
+                f"ignored the unfinished last line of {self.path} (a write cut short); that "
+                "cell will be recomputed",
+                stacklevel=4,  # load <- _stored_results <- run_sweep <- its caller
+            )
         done: dict[str, list[dict[str, Any]]] = {}
         for number, line in enumerate(data[:good].split(b"\n")[:-1], start=1):
             if not line.strip():
@@ -71,7 +78,8 @@ class _Store:
             try:
                 record = json.loads(line)
                 key, rows = record["key"], record["rows"]
-                if not isinstance(key, str) or not isinstance(rows, list):
+                if not (isinstance(key, str) and isinstance(rows, list)
+                        and all(isinstance(row, dict) for row in rows)):
                     raise TypeError
             except (ValueError, TypeError, KeyError):
                 warnings.warn(

@@ -46,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -54,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.optimize import brentq
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 from lmlab.runs.io import atomic_write_json
 
 from ._quadrature import linear_error
@@ -93,13 +94,24 @@ def _nan_if_null(value: Any) -> Any:
 
 
 def _load_cache(path: Path) -> dict[str, FixedPoint]:
+    """The solutions kept in ``path`` (JSON: nothing in it can run code); none if it is absent.
+
+    A file that is there but cannot be used is named in a warning; its points are solved again.
+    """
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         names = {f.name for f in fields(FixedPoint)}
         return {k: FixedPoint(**{n: _nan_if_null(v[n]) for n in names})
                 for k, v in raw["points"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}                              # missing or unreadable: recompute
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        reason = first_line(exc)
+    except (ValueError, KeyError, TypeError, AttributeError):  # not UTF-8, JSON or our layout
+        reason = "it is not a JSON file of solutions"
+    warnings.warn(f"ignored the cache file {path} ({reason}); solving those points again",
+                  stacklevel=3)  # _load_cache <- solve_curve <- its caller
+    return {}
 
 
 def _save_cache(path: Path, params: TheoryParams, points: dict[str, FixedPoint]) -> None:
