@@ -34,3 +34,27 @@ def tokenizer(ir_path: Path) -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>"
     )
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Any:
+    """A FIFO at ``tmp_path/name`` (made on call), with a 30 s alarm that fails a test whose
+    code blocks opening or reading it instead of refusing it."""
+    import os
+    import signal
+
+    def timed_out(signum: int, frame: Any) -> None:
+        raise TimeoutError("blocked on a FIFO instead of refusing it")
+
+    def make(name: str) -> Path:
+        path = tmp_path / name
+        os.mkfifo(path)
+        return path
+
+    previous = signal.signal(signal.SIGALRM, timed_out)
+    signal.alarm(30)
+    try:
+        yield make
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

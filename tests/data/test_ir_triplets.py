@@ -173,3 +173,38 @@ def test_a_corrupt_cached_download_says_to_delete_it(
     monkeypatch.setattr(ir_triplets, "download_once", lambda url, name: cached)
     with pytest.raises(LmlabError, match=f"{cached} is not valid JSON.*delete {cached}"):
         load_ir_triplets()
+
+
+def test_an_empty_path_is_refused_as_empty_not_as_dot() -> None:
+    with pytest.raises(LmlabError, match="^data.path is empty") as info:
+        load_ir_triplets("")
+    assert "." not in str(info.value).split(";")[0].replace("data.path", "")
+
+
+def test_a_fifo_data_file_is_refused_before_reading(fifo) -> None:
+    with pytest.raises(LmlabError, match="ir.json is a named pipe"):
+        load_ir_triplets(fifo("ir.json"))
+
+
+@pytest.mark.parametrize("n_items, n_samples, fraction, match", [
+    (1, None, 0.2, "the data file holds 1 record, too few records to split into train and "
+                   r"test .*at least 5 are needed: add records$"),
+    (4, 500, 0.2, r"holds 4 records, .*at least 5 are needed: add records \(or raise "),
+    (100, 3, 0.2, r"data.n_samples=3 draws too few .*at least 5 are needed: raise "
+                  "data.n_samples to 5"),
+    (9, None, 0.1, "at least 10 are needed"),
+    (2, None, 1 / 3, "at least 3 are needed"),
+])
+def test_a_sample_too_small_to_split_says_how_many_are_needed(n_items: int,
+                                                              n_samples: int | None,
+                                                              fraction: float,
+                                                              match: str) -> None:
+    with pytest.raises(LmlabError, match=match):
+        sample_split(range(n_items), n_samples, test_fraction=fraction)
+
+
+def test_the_smallest_splittable_sample_splits() -> None:
+    for fraction, need in ((0.2, 5), (0.1, 10), (0.3, 4), (0.5, 2), (1 / 3, 3)):
+        train, test = sample_split(range(need), None, test_fraction=fraction)
+        assert len(test) == 1 and len(train) == need - 1
+    assert sample_split(range(1), None, test_fraction=0.0) == ([0], [])

@@ -126,3 +126,27 @@ def test_fixed_vocabulary_rejects_other_characters() -> None:
         Vocab.from_words(["a.b"])
     with pytest.raises(LmlabError, match="empty"):
         Vocab.from_chars("")
+
+
+def test_a_word_over_the_length_bound_is_refused_with_its_line_number(tmp_path: Path) -> None:
+    from lmlab.data.names import MAX_WORD_LENGTH
+
+    p = tmp_path / "w.txt"
+    p.write_text("ann\n\nbob\n" + "x" * (MAX_WORD_LENGTH + 1) + "\n", encoding="utf-8")
+    with pytest.raises(LmlabError, match=rf"line 4 of .*w.txt is {MAX_WORD_LENGTH + 1} "
+                                         rf"characters long, more than the {MAX_WORD_LENGTH}"):
+        read_words(p)
+    p.write_text("ann\n" + "x" * MAX_WORD_LENGTH + "\n", encoding="utf-8")
+    assert len(read_words(p)[1]) == MAX_WORD_LENGTH  # the bound itself is allowed
+
+
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_path_is_refused_as_empty(path: str) -> None:
+    with pytest.raises(LmlabError, match=r"^data.path is empty; give a file path") as info:
+        read_words(path)
+    assert "'.'" not in str(info.value)
+
+
+def test_a_fifo_word_file_is_refused_before_reading(fifo) -> None:
+    with pytest.raises(LmlabError, match="named pipe"):
+        read_words(fifo("w.txt"))  # reading it would block forever

@@ -243,3 +243,72 @@ def test_check_model_does_not_prepare_offline_models(tmp_path, monkeypatch) -> N
     assert not (tmp_path / "cache").exists()
     with pytest.raises(LmlabError, match="models available offline"):
         check_model("surely-not-a-model-xyz")
+
+
+# ---------------------------------------------------------------------------- hostile files
+
+
+class _TouchOnLoad:
+    """Unpickling this would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _plant_bin(model_dir: Path, marker: Path) -> Path:
+    """Replace the safetensors weights by a pytorch_model.bin whose unpickling runs code."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(model_dir / "model.safetensors"))
+    (model_dir / "model.safetensors").unlink()
+    torch.save({**state, "extra": _TouchOnLoad(marker)}, model_dir / "pytorch_model.bin")
+    return model_dir / "pytorch_model.bin"
+
+
+@pytest.mark.parametrize("loader", ["load_causal_lm", "load_model"])
+def test_a_pytorch_model_bin_that_would_run_code_is_refused(tiny_gpt2_dir: Path, tmp_path: Path,
+                                                            loader: str) -> None:
+    marker = tmp_path / "MARKER"
+    weights = _plant_bin(tiny_gpt2_dir, marker)
+    with pytest.raises(LmlabError) as info:
+        getattr(hf, loader)(tiny_gpt2_dir)
+    message = str(info.value)
+    assert message.startswith(f"{weights} holds Python objects other than tensors")
+    assert "weights_only" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_a_fifo_in_a_model_directory_is_refused_before_reading(tiny_gpt2_dir: Path) -> None:
+    """Run in a child with a timeout: transformers would block reading the FIFO."""
+    import os
+    import subprocess
+    import sys
+
+    (tiny_gpt2_dir / "config.json").unlink()
+    os.mkfifo(tiny_gpt2_dir / "config.json")
+    code = ("import sys\n"
+            "from lmlab.errors import LmlabError\n"
+            "from lmlab.models import hf\n"
+            "for load in (hf.load_causal_lm, hf.load_model):\n"
+            "    try:\n"
+            "        load(sys.argv[1])\n"
+            "    except LmlabError as e:\n"
+            "        print(e)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(tiny_gpt2_dir)], timeout=60,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a model directory with a FIFO in it hung")
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stderr
+    assert all("config.json is not a regular file" in line for line in lines)
+
+
+def test_ready_weights_prepares_nothing(tmp_path: Path) -> None:
+    assert hf.ready_weights(tmp_path) == tmp_path
+    assert hf.ready_weights("smollm2-135m") is None  # converted on first use, not in a check

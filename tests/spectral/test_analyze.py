@@ -136,3 +136,33 @@ def test_real_minilm_matches_reference_values(minilm_path) -> None:
     }
     for name, alpha in expected.items():
         assert df.loc[name, "alpha"] == pytest.approx(alpha, abs=0.005), name
+
+
+# ---------------------------------------------------------------------------- hostile inputs
+
+
+def test_an_unknown_layer_name_is_refused_with_the_nearest_names() -> None:
+    model = tiny_model("gpt2")
+    with pytest.raises(LmlabError, match=r"no layer is named 'c_atn'; nearest names: c_attn"):
+        analyze(model, layers=["c_attn", "c_atn"])  # one good entry does not hide a bad one
+    with pytest.raises(LmlabError, match=r"'9999'; valid ids: "):
+        analyze(model, layers=[9999])
+    assert len(analyze(model, layers=["c_attn", "conv2d"])) == 2  # a type never matching is ok
+
+
+def test_complex_weights_are_analysed_through_the_hermitian_gram_matrix() -> None:
+    """Known answer: W = U diag(s) Vᴴ gives λ = s², with no imaginary part dropped."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    s = np.linspace(1.0, 4.0, 48)
+    U, _ = np.linalg.qr(rng.standard_normal((96, 48)) + 1j * rng.standard_normal((96, 48)))
+    V, _ = np.linalg.qr(rng.standard_normal((48, 48)) + 1j * rng.standard_normal((48, 48)))
+    W = torch.from_numpy(((U * s) @ V.conj().T).astype(np.complex64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it drops an imaginary part
+        row = analyze({"proj.weight": W}).iloc[0]
+    assert row["status"] == "success" and row["num_evals"] == 48
+    assert row["sv_max"] == pytest.approx(4.0, rel=1e-5)
+    assert row["sv_min"] == pytest.approx(1.0, rel=1e-5)
+    assert row["norm"] == pytest.approx(float(np.sum(s**2)), rel=1e-5)

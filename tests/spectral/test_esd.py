@@ -76,3 +76,46 @@ def test_near_singular_matrix_keeps_an_accurate_sv_min(N: int, smallest: float) 
     spec = spectrum_of([W])
     assert spec.sv_min == pytest.approx(exact.min(), rel=1e-8)
     assert spec.rank_loss == spectrum_of([W], method="svd").rank_loss
+
+
+# ---------------------------------------------------------------------------- complex weights
+
+
+def _complex_with_singular_values(sv: np.ndarray, N: int, seed: int = 0) -> np.ndarray:
+    """U diag(sv) Vᴴ with random unitary U (N×M) and V (M×M): singular values exactly ``sv``."""
+    rng = np.random.default_rng(seed)
+    M = len(sv)
+    U, _ = np.linalg.qr(rng.standard_normal((N, M)) + 1j * rng.standard_normal((N, M)))
+    V, _ = np.linalg.qr(rng.standard_normal((M, M)) + 1j * rng.standard_normal((M, M)))
+    return ((U * sv) @ V.conj().T).astype(np.complex64)
+
+
+@pytest.mark.parametrize("method", ["eigh", "svd"])
+def test_complex_weights_use_the_hermitian_gram_matrix(method: str) -> None:
+    """Known answer: the ESD of U diag(s) Vᴴ is s², real and ≥ 0; the imaginary part counts."""
+    sv = np.linspace(1.0, 3.0, 12)
+    W = _complex_with_singular_values(sv, N=30)
+    assert np.abs(W.imag).max() > 0.1
+    spec = spectrum_of([W], method=method)
+    assert spec.evals.dtype == np.float64
+    np.testing.assert_allclose(spec.evals, np.sort(sv**2), rtol=1e-5)
+    assert spec.sv_max == pytest.approx(3.0, rel=1e-5) and spec.sv_min == pytest.approx(1.0,
+                                                                                         rel=1e-5)
+    dropped = spectrum_of([W.real], method=method).evals  # what casting to real would give
+    assert not np.allclose(dropped, spec.evals, rtol=1e-2)
+    torch_spec = spectrum_of_torch([W], device=torch.device("cpu"))
+    np.testing.assert_allclose(torch_spec.evals, spec.evals, rtol=1e-8)
+
+
+def test_rank_deficient_complex_matrix_counts_its_rank_loss() -> None:
+    rng = np.random.default_rng(3)
+    # integer complex factors: the rank-4 product is exact in complex64
+
+    def ints(*shape: int) -> np.ndarray:
+        return rng.integers(-3, 4, shape) + 1j * rng.integers(-3, 4, shape)
+
+    W = (ints(20, 4) @ ints(4, 6)).astype(np.complex64)
+    sv = np.linalg.svd(W.astype(np.complex128), compute_uv=False)
+    spec = spectrum_of([W])
+    assert spec.rank_loss == 2 and spec.evals.min() >= 0
+    np.testing.assert_allclose(spec.evals[2:], np.sort(sv**2)[2:], rtol=1e-10)

@@ -143,3 +143,103 @@ def test_nan_weights_in_a_file_name_the_layer(tmp_path: Path) -> None:
     df = analyze(path)
     assert df["status"].tolist() == ["failed", "success"]
     assert df["longname"][0] == "blocks.0.proj" and "NaN/Inf" in df["reason"][0]
+
+
+# ---------------------------------------------------------------------------- read as indexed
+
+
+def _two_shards_with_one_name(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two shards that both hold ``proj.weight`` (different values) and one other tensor."""
+    directory.mkdir()
+    torch.manual_seed(0)
+    first, second = torch.randn(48, 32), 3.0 * torch.randn(48, 32)
+    save_file({"proj.weight": first, "a.weight": torch.randn(32, 32)},
+              str(directory / "model-00001-of-00002.safetensors"))
+    save_file({"proj.weight": second, "b.weight": torch.randn(32, 32)},
+              str(directory / "model-00002-of-00002.safetensors"))
+    return first, second
+
+
+def _write_index(directory: Path, index: object) -> Path:
+    path = directory / "model.safetensors.index.json"
+    path.write_text(json.dumps(index))
+    return path
+
+
+@pytest.mark.parametrize("owner", [0, 1])
+def test_each_tensor_is_read_from_the_shard_the_index_names(tmp_path: Path, owner: int) -> None:
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    values = _two_shards_with_one_name(tmp_path / "m")
+    _write_index(tmp_path / "m", {"metadata": {}, "weight_map": {
+        "proj.weight": shards[owner], "a.weight": shards[0], "b.weight": shards[1]}})
+    rows = analyze(tmp_path / "m").set_index("longname")
+    expected = analyze({"proj.weight": values[owner]}).iloc[0]
+    assert rows.loc["proj", "sv_max"] == expected["sv_max"]
+    assert sorted(rows.index) == ["a", "b", "proj"]
+
+
+def test_a_name_in_two_files_without_an_index_is_refused(tmp_path: Path) -> None:
+    _two_shards_with_one_name(tmp_path / "m")
+    with pytest.raises(LmlabError, match=r"'proj.weight' is in both .*00001-of-00002"
+                                         r".safetensors and .*00002-of-00002.safetensors"):
+        analyze(tmp_path / "m")
+
+
+@pytest.mark.parametrize("index, match", [
+    ([1, 2], "holds a JSON list, not an object"),
+    ("weight_map", "holds a JSON str, not an object"),
+    ({"metadata": {}}, "has no 'weight_map'"),
+    ({"weight_map": ["a"]}, "has a 'weight_map' that is a JSON list"),
+    ({"weight_map": {}}, "has an empty 'weight_map'"),
+    ({"weight_map": {"proj.weight": 3}}, "maps 'proj.weight' to 3"),
+    ({"weight_map": {"proj.weight": "../model-00001-of-00002.safetensors"}}, "not a file name"),
+    ({"weight_map": {"proj.weight": "gone.safetensors"}}, "missing: gone.safetensors"),
+    ({"weight_map": {"c.weight": "model-00001-of-00002.safetensors"}},
+     "puts 'c.weight' in .*00001-of-00002.safetensors, which does not hold it"),
+])
+def test_a_malformed_index_is_refused_naming_it(tmp_path: Path, index: object,
+                                                 match: str) -> None:
+    _two_shards_with_one_name(tmp_path / "m")
+    _write_index(tmp_path / "m", index)
+    with pytest.raises(LmlabError, match=f"model.safetensors.index.json.*{match}"):
+        analyze(tmp_path / "m")
+
+
+def test_an_index_that_is_not_json_is_refused_naming_it(tmp_path: Path) -> None:
+    _two_shards_with_one_name(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors.index.json").write_text("{ torn")
+    with pytest.raises(LmlabError, match="cannot read the shard index .*index.json"):
+        analyze(tmp_path / "m")
+
+
+# ---------------------------------------------------------------------------- files to refuse
+
+
+def test_an_empty_pt_says_it_is_empty(tmp_path: Path) -> None:
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(LmlabError, match=r"w.pt is empty \(0 bytes\)"):
+        analyze(tmp_path / "w.pt")
+
+
+def test_pt_files_are_loaded_with_weights_only(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.save({"proj.weight": torch.randn(16, 16)}, tmp_path / "w.pt")
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    analyze(tmp_path / "w.pt")
+    assert calls and all(c is True for c in calls)
+
+
+def test_a_pickle_of_other_objects_is_refused_without_torch_advice(tmp_path: Path) -> None:
+    torch.save({"proj.weight": torch.randn(16, 16), "opt": Path("x")}, tmp_path / "w.pt")
+    with pytest.raises(LmlabError) as info:
+        analyze(tmp_path / "w.pt")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'w.pt'} holds Python objects other than tensors")
+    assert "weights_only" not in message and "\n" not in message

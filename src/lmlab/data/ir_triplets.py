@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import random
 import string
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lmlab.data.cache import download_once
+from lmlab.data.lines import file_kind, given_path
 from lmlab.errors import LmlabError
 
 __all__ = [
@@ -79,10 +81,12 @@ def load_ir_triplets(
         file = download_once(url, _cache_name(url))
         hint = f"delete {file} to download it again, or pass a local copy with --set data.path"
     else:
-        file = Path(path).expanduser()
+        file = given_path(path)
         hint = "pass the IR-Triplets JSON file (a list of records) with --set data.path"
-        if not file.is_file():
-            what = "is a directory, not a file" if file.is_dir() else "does not exist"
+        kind = file_kind(file)
+        if kind is not None:
+            what = {"missing": "does not exist",
+                    "a directory": "is a directory, not a file"}.get(kind, f"is {kind}")
             raise LmlabError(f"the data file {file} {what}; {hint}")
     try:
         text = file.read_text(encoding="utf-8")
@@ -228,7 +232,9 @@ def sample_split(
         ``(train, test)``.
 
     Raises:
-        LmlabError: ``items`` is empty, ``n_samples < 1`` or ``test_fraction`` is outside [0, 1).
+        LmlabError: ``items`` is empty, ``n_samples < 1``, ``test_fraction`` is outside [0, 1),
+            or (with ``test_fraction > 0``) the sample is too small to give a test item: the
+            message says how many are needed.
 
     >>> train, test = sample_split(range(10), 5, seed=0)
     >>> len(train), len(test)
@@ -247,6 +253,24 @@ def sample_split(
     if n_samples is not None and n_samples < 1:
         raise LmlabError(f"n_samples must be at least 1 (or None for all), got {n_samples}")
     n = len(population) if n_samples is None else min(n_samples, len(population))
-    sample = random.Random(seed).sample(population, n)
     n_test = int(test_fraction * n)
+    if test_fraction > 0 and n_test == 0:
+        raise LmlabError(_too_few_message(len(population), n_samples, test_fraction))
+    sample = random.Random(seed).sample(population, n)
     return sample[n_test:], sample[:n_test]
+
+
+def _too_few_message(n_items: int, n_samples: int | None, test_fraction: float) -> str:
+    """Why a sample cannot be split into train and test, and how many items it needs."""
+    need = max(2, math.ceil(1 / test_fraction))
+    while int(test_fraction * need) < 1:  # float rounding of 1/test_fraction, either way
+        need += 1
+    while need > 2 and int(test_fraction * (need - 1)) >= 1:
+        need -= 1
+    split = (f"too few records to split into train and test (data.test_fraction="
+             f"{test_fraction} leaves the test split empty); at least {need} are needed")
+    if n_samples is not None and n_samples < n_items:
+        return f"data.n_samples={n_samples} draws {split}: raise data.n_samples to {need}"
+    other = " (or raise data.test_fraction)" if n_items >= 2 else ""
+    return (f"the data file holds {n_items} record{'s' if n_items != 1 else ''}, {split}: "
+            f"add records{other}")

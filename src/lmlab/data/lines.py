@@ -12,13 +12,15 @@ each line truncated to ``max_tokens`` tokens, stop once ``budget`` tokens are co
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError, first_line
 
-__all__ = ["token_budget", "wikitext2_lines", "text_file_lines", "WIKITEXT2_SOURCE"]
+__all__ = ["token_budget", "wikitext2_lines", "text_file_lines", "file_kind", "given_path",
+           "WIKITEXT2_SOURCE"]
 
 WIKITEXT2_SOURCE = "WikiText-2 (wikitext-2-raw-v1, via the datasets library)"
 
@@ -60,13 +62,52 @@ def wikitext2_lines(split: str) -> list[str]:
     return [str(t) for t in ds["text"]]
 
 
+def file_kind(path: Path) -> str | None:
+    """What stands at ``path`` when it is not a readable regular file, else None; checked from
+    metadata alone, so a FIFO or a device is never opened (reading one would block).
+
+    >>> file_kind(Path(__file__)) is None, file_kind(Path(__file__).parent)
+    (True, 'a directory')
+    """
+    try:
+        mode = path.stat().st_mode  # symlinks followed, as a reader would
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or type(e).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a named pipe, device or socket, not a regular file"
+
+
+def given_path(path: str | Path, setting: str = "data.path") -> Path:
+    """``path`` expanded, after refusing an empty one (``--set data.path=``), which would
+    otherwise read as the current directory ``.``.
+
+    >>> given_path("~/names.txt").name
+    'names.txt'
+    """
+    if not str(path).strip():
+        raise LmlabError(f"{setting} is empty; give a file path, or leave {setting} unset "
+                         "(none) for the default data")
+    return Path(path).expanduser()
+
+
 def text_file_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file.
 
     Raises:
-        LmlabError: the file is missing or not UTF-8 text.
+        LmlabError: the path is empty, the file is missing, not a regular file, or not UTF-8
+            text.
     """
-    p = Path(path).expanduser()
+    p = given_path(path)
+    kind = file_kind(p)
+    if kind == "missing":
+        raise LmlabError(f"no such text file: {p}; check data.path")
+    if kind is not None:
+        raise LmlabError(f"the text file {p} is {kind}; pass a plain text file in data.path")
     try:
         return p.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:

@@ -27,8 +27,8 @@ import torch
 
 from lmlab.errors import LmlabError
 
-__all__ = ["BOUNDARY", "SSA_YEARS", "Vocab", "context_windows", "names_source", "read_words",
-           "split_words", "ssa_names", "word_sequences"]
+__all__ = ["BOUNDARY", "MAX_WORD_LENGTH", "SSA_YEARS", "Vocab", "context_windows",
+           "names_source", "read_words", "split_words", "ssa_names", "word_sequences"]
 
 BOUNDARY = "."
 """The start/end token, index 0 of every vocabulary."""
@@ -63,19 +63,41 @@ def ssa_names(year: int = 2017) -> list[str]:
     return words
 
 
+MAX_WORD_LENGTH = 64
+"""The longest word a word file may hold (the longest SSA name has 15 characters): a longer
+line is almost surely not a word, and would set a sequence model's block length."""
+
+
 def read_words(path: str | Path) -> list[str]:
     """The non-empty lines of a UTF-8 word file, stripped (empty lines are skipped).
 
-    Raises LmlabError for a missing, unreadable or empty file.
+    Raises:
+        LmlabError: the path is empty; the file is missing, not a regular file, unreadable or
+            empty; a word is longer than :data:`MAX_WORD_LENGTH` (named by its line number).
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
+    from lmlab.data.lines import file_kind, given_path
+
+    p = given_path(path)
+    kind = file_kind(p)
+    if kind == "missing":
         raise LmlabError(f"word file not found: {p} (give a newline-separated UTF-8 text file)")
+    if kind is not None:
+        raise LmlabError(f"the word file {p} is {kind}; give a newline-separated UTF-8 text "
+                         "file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise LmlabError(f"{p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    words = [line.strip() for line in text.splitlines() if line.strip()]
+    except OSError as e:
+        raise LmlabError(f"cannot read the word file {p} ({e.strerror or e})") from None
+    words = []
+    for number, line in enumerate(text.splitlines(), 1):
+        word = line.strip()
+        if len(word) > MAX_WORD_LENGTH:
+            raise LmlabError(f"line {number} of {p} is {len(word)} characters long, more than "
+                             f"the {MAX_WORD_LENGTH} a word may have; give one word per line")
+        if word:
+            words.append(word)
     if not words:
         raise LmlabError(f"{p} holds no words; give one word per line")
     return words

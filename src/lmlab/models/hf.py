@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
-    "check_model",
+    "check_model", "check_model_files", "ready_weights",
     "offline_models", "resolve_weights", "load_model", "load_causal_lm", "cache_dir",
     "OfflineModel",
 ]
@@ -229,6 +230,56 @@ def check_model(ref: str | Path) -> None:
         resolve_weights(ref)
 
 
+def ready_weights(ref: str | Path) -> Path | None:
+    """The weights of ``ref`` when they can be read now without preparing anything: a local
+    path, a hub id (as :func:`resolve_weights`), or an offline model shipped ready; ``None``
+    for an offline model that is converted on first use.
+
+    >>> ready_weights("all-minilm-l6-v2").name
+    'model'
+    """
+    key = _ALIASES.get(str(ref).lower(), str(ref).lower())
+    if key in _OFFLINE:
+        model = _OFFLINE[key]
+        return model.path() if model.import_package else None
+    return resolve_weights(ref)
+
+
+def check_model_files(path: Path) -> None:
+    """Refuse a model directory holding a FIFO, a device or a socket (reading one would block),
+    before any file in it is read.
+
+    Raises:
+        LmlabError: naming the first such entry.
+    """
+    import os
+    import stat
+
+    if not path.is_dir():
+        return
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        try:
+            mode = entry.stat().st_mode  # symlinks followed, as a reader would
+        except OSError:
+            continue  # a dangling link: the loader names what is missing
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise LmlabError(f"{entry.path} is not a regular file (a named pipe, device or "
+                             f"socket); remove it from the model directory {path}")
+
+
+def _load_error(path: Path, exc: BaseException) -> LmlabError:
+    """One line for a failed ``from_pretrained``: a refused pickle names its file, and torch's
+    advice to load with ``weights_only=False`` is never passed on."""
+    from lmlab.spectral.sources import torch_file_error
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError | EOFError) or "weights_only" in text:
+        pickled = sorted(path.glob("*.bin")) + sorted(path.glob("*.pt")) + sorted(
+            path.glob("*.pth"))
+        return torch_file_error(pickled[0] if len(pickled) == 1 else path, exc)
+    return LmlabError(f"cannot load a model from {path}: {first_line(exc)}")
+
+
 def load_model(ref: str | Path, *, causal_lm: bool = False) -> Any:
     """Load a Hugging Face model (``AutoModel``, or ``AutoModelForCausalLM``) from a reference.
 
@@ -238,11 +289,12 @@ def load_model(ref: str | Path, *, causal_lm: bool = False) -> Any:
     import transformers
 
     path = resolve_weights(ref)
+    check_model_files(path)
     cls = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
     try:
         return cls.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError) as e:
-        raise LmlabError(f"cannot load a model from {path}: {first_line(e)}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise _load_error(path, e) from None
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
@@ -295,6 +347,7 @@ def load_causal_lm(
     if not path.is_dir():
         raise LmlabError(f"{path} is a file; a causal LM loads from a model directory "
                          f"(config.json, weights and tokenizer files)")
+    check_model_files(path)
     try:
         config = transformers.AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as e:
@@ -314,9 +367,9 @@ def load_causal_lm(
         if "Unrecognized configuration class" in str(e):
             raise LmlabError(f"{name} has no causal-LM head (it is a "
                              f"{type(config).__name__}); {_SUGGESTION}") from None
-        raise LmlabError(f"cannot load a model from {path}: {first_line(e)}") from None
-    except (OSError, KeyError) as e:
-        raise LmlabError(f"cannot load a model from {path}: {first_line(e)}") from None
+        raise _load_error(path, e) from None
+    except (OSError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise _load_error(path, e) from None
     model, info = loaded
     head = model.get_output_embeddings()
     head_name = next((n for n, m in model.named_modules() if m is head), None)

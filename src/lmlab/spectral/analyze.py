@@ -9,7 +9,15 @@ same ``layer_id`` and the same numbers in every one of its columns — and adds:
 * streaming from files (``.safetensors``, sharded directories, ``.pt`` state dicts) tensor by
   tensor, so peak memory stays near the largest matrix;
 * a faster eigen-route (Gram matrix of the smaller side), a float32 fast mode, a torch backend
-  for GPUs, thread control and a progress bar.
+  for GPUs, thread control and a progress bar;
+* **complex weights are analysed, not truncated**: their ESD is the eigenvalues of the Hermitian
+  Gram matrix WᴴW (real and ≥ 0: the squared singular values of W), computed in complex64 →
+  complex128 as real weights go float32 → float64; the imaginary part is never dropped;
+* files read as their index says: a sharded directory reads each tensor from the shard its
+  ``model.safetensors.index.json`` names; a tensor held by two files without an index, a
+  malformed index, a FIFO or device in place of a file, and a pickle holding anything but
+  tensors (``torch.load(weights_only=True)``) are refused in one line naming the file;
+* a ``layers`` entry that names no layer is refused, with the nearest valid names.
 
 >>> import torch
 >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -35,7 +43,8 @@ from lmlab.spectral.esd import Method, Precision, Spectrum, matrices_of, spectru
 from lmlab.spectral.powerlaw import EVALS_THRESH, PowerLawFit, fit_power_law
 from lmlab.spectral.sources import LayerRef, describe_source, iter_layers
 
-__all__ = ["analyze", "summarize", "layer_spectra", "WW_COLUMNS", "LMLAB_COLUMNS", "FitMode"]
+__all__ = ["analyze", "summarize", "layer_spectra", "check_layer_names", "WW_COLUMNS",
+           "LMLAB_COLUMNS", "LAYER_TYPES", "FitMode"]
 
 FitMode = Literal["ww", "xmin_peak"]
 
@@ -146,7 +155,20 @@ def _xmin_range(evals: np.ndarray, fit_mode: FitMode) -> tuple[float, float] | N
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
-    return tensor.detach().to("cpu").float().numpy()
+    """float32 (complex64 for complex weights: the imaginary part is kept, never dropped)."""
+    import torch
+
+    t = tensor.detach().to("cpu")
+    if t.is_complex():
+        return t.to(torch.complex64).numpy()
+    return t.float().numpy()
+
+
+def _energy(flat: np.ndarray) -> float:
+    """Σ|w|² in one pass (NaN/Inf propagate; zero means an all-zero matrix)."""
+    if np.iscomplexobj(flat):
+        return float(np.vdot(flat, flat).real)
+    return float(np.dot(flat, flat))
 
 
 def _layer_row(ref: LayerRef, *, min_evals: int, max_evals: int, max_N: int | None,
@@ -160,7 +182,7 @@ def _layer_row(ref: LayerRef, *, min_evals: int, max_evals: int, max_N: int | No
         return row, None
     W = _to_numpy(ref.load())
     flat = W.ravel()
-    energy = float(np.dot(flat, flat))  # one pass: NaN/Inf propagate, zero means all-zero
+    energy = _energy(flat)
     if not math.isfinite(energy):
         bad = int(flat.size - np.count_nonzero(np.isfinite(flat)))
         if bad:
@@ -185,15 +207,74 @@ def _layer_row(ref: LayerRef, *, min_evals: int, max_evals: int, max_N: int | No
 # ----------------------------------------------------------------------------- public API
 
 
-def _select(refs: Iterable[LayerRef], layers: Sequence[int | str] | None) -> Iterable[LayerRef]:
-    """Keep layers by id, name, longname or type (``dense``, ``conv1d``, ...)."""
+LAYER_TYPES: tuple[str, ...] = ("dense", "conv1d", "conv2d", "embedding")
+
+
+def _names_of(ref: Any, *, types: bool = True) -> set[str]:
+    names = {str(ref.layer_id), ref.name, ref.longname}
+    return names | {ref.layer_type} if types else names
+
+
+def check_layer_names(wanted: Iterable[int | str], refs: Sequence[Any], *,
+                      setting: str = "layers", types: bool = True) -> None:
+    """Refuse a layer id, name or longname (or type, with ``types``) that names no layer.
+
+    Args:
+        wanted: what the user asked for.
+        refs: the layers there are: :class:`LayerRef` objects or rows of an :func:`analyze`
+            table (anything with ``layer_id``, ``name``, ``longname`` and ``layer_type``).
+        setting: the setting's name, for the message.
+        types: whether a layer type (``dense``, ``conv1d``, ...) is a valid choice.
+
+    Raises:
+        LmlabError: naming the first unknown entry and the nearest valid names.
+
+    >>> import torch
+    >>> refs = list(iter_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(),
+    ...                                             torch.nn.Linear(2, 2))))
+    >>> check_layer_names(["1", "dense"], refs)
+    >>> try:
+    ...     check_layer_names(["4"], refs)
+    ... except LmlabError as e:
+    ...     print(str(e).split(" (")[0])
+    layers: no layer is named '4'; valid ids: 1, 3; nearest names: 0, 2
+    """
+    known: set[str] = set(LAYER_TYPES) if types else set()
+    for ref in refs:
+        known |= _names_of(ref, types=types)
+    for entry in wanted:
+        key = str(entry)
+        if key in known:
+            continue
+        raise LmlabError(f"{setting}: no layer is named {key!r}; {_nearest(key, refs)} (a "
+                         "layer is named by its id, name or longname"
+                         + (f", or by its type: {', '.join(LAYER_TYPES)})" if types else ")"))
+
+
+def _nearest(key: str, refs: Sequence[Any]) -> str:
+    """A few valid names close to ``key`` (the first layers when none is close)."""
+    import difflib
+
+    if not refs:
+        return "the source has no weight layers"
+    longnames = list(dict.fromkeys(r.longname for r in refs))
+    candidates = list(dict.fromkeys([*longnames, *(r.name for r in refs)]))
+    near = difflib.get_close_matches(key, candidates, n=3, cutoff=0.5) or longnames[:3]
+    ids = ""
+    if key.lstrip("-").isdigit():
+        shown = [str(r.layer_id) for r in refs]
+        ids = f"valid ids: {', '.join(shown[:6])}{', ...' if len(shown) > 6 else ''}; "
+    return f"{ids}nearest names: {', '.join(near)}"
+
+
+def _select(refs: list[LayerRef], layers: Sequence[int | str] | None) -> list[LayerRef]:
+    """Keep layers by id, name, longname or type (``dense``, ``conv1d``, ...); an entry that
+    names no layer is refused."""
     if not layers:
         return refs
+    check_layer_names(layers, refs)
     wanted = {str(x) for x in layers}
-    return (
-        r for r in refs
-        if {str(r.layer_id), r.name, r.longname, r.layer_type} & wanted
-    )
+    return [r for r in refs if _names_of(r) & wanted]
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -218,7 +299,7 @@ def _iter_rows(source: Any, *, layers: Sequence[int | str] | None, min_evals: in
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     backend = "torch" if dev.type != "cpu" else "numpy"
-    refs = list(_select(iter_layers(source), layers))
+    refs = _select(list(iter_layers(source)), layers)
     show = sys.stderr.isatty() if progress is None else progress
     rows, esds = [], {}
     bar = tqdm(refs, desc="spectra", unit="layer", disable=not show, leave=False)
@@ -272,7 +353,8 @@ def analyze(
         :data:`LMLAB_COLUMNS`.
 
     Raises:
-        LmlabError: bad path, corrupt file, or no weight matrices at all.
+        LmlabError: bad path, corrupt or unsafe file, a ``layers`` entry that names no layer,
+            or no weight matrices at all.
     """
     from lmlab.runtime import limit_threads
 

@@ -128,6 +128,8 @@ def _singular_values(W: np.ndarray, method: Method) -> np.ndarray:
     if method == "svd":
         return np.sort(np.linalg.svd(W, compute_uv=False))
     small = W if W.shape[0] >= W.shape[1] else W.T  # (N, M) with M the smaller side
+    if np.iscomplexobj(small):  # Hermitian Gram matrix WᴴW: real eigenvalues ≥ 0
+        return _complex_singular_values(small)
     ev = np.linalg.eigvalsh(small.T @ small)  # (M,) ascending; the product runs as a syrk
     if ev.dtype != np.float64:  # the float32 fast mode trades small-eigenvalue accuracy
         return np.sqrt(np.clip(ev, 0.0, None))
@@ -146,9 +148,31 @@ def _singular_values(W: np.ndarray, method: Method) -> np.ndarray:
     return sv
 
 
+def _complex_singular_values(small: np.ndarray) -> np.ndarray:
+    """Singular values of a tall complex W from ``eigvalsh(WᴴW)`` (ascending).
+
+    The eigenvalues of the Hermitian Gram matrix are real and ≥ 0 (tiny negative round-off
+    is clipped); a smallest one near the numerical floor takes the SVD, as for real W.
+    """
+    ev = np.linalg.eigvalsh(small.conj().T @ small)  # (M,) real, ascending
+    noise = np.finfo(ev.dtype).eps * max(float(ev[-1]), 0.0)
+    if ev.dtype == np.float64 and ev[0] <= _SVMIN_SAFE * noise:
+        return np.sort(np.linalg.svd(small, compute_uv=False))
+    return np.sqrt(np.clip(ev, 0.0, None))
+
+
 def _rank_loss(sv: np.ndarray, N: int) -> int:
     tol = np.max(sv) * N * np.finfo(sv.dtype).eps
     return int(len(sv) - np.count_nonzero(sv > tol))
+
+
+def _cast(W: np.ndarray, precision: Precision) -> np.ndarray:
+    """W through float32 to the compute precision (complex64 to complex128 for complex W)."""
+    if np.iscomplexobj(W):
+        wide = np.complex128 if precision == "float64" else np.complex64
+        return np.asarray(W, dtype=np.complex64).astype(wide)
+    dtype = np.float64 if precision == "float64" else np.float32
+    return np.asarray(W, dtype=np.float32).astype(dtype)
 
 
 def spectrum_of(
@@ -171,13 +195,12 @@ def spectrum_of(
     Returns:
         The pooled :class:`Spectrum`.
     """
-    dtype = np.float64 if precision == "float64" else np.float32
     if N is None:
         N = int(max(matrices[0].shape))
     all_evals: list[np.ndarray] = []
     sv_max, sv_min, rank_loss = 0.0, 0.0, 0
     for W in matrices:
-        Wd = np.asarray(W, dtype=np.float32).astype(dtype)
+        Wd = _cast(W, precision)
         if scale != 1.0:
             Wd = np.multiply(Wd, scale, dtype=Wd.dtype)
         sv = _singular_values(Wd, method).astype(np.float64)

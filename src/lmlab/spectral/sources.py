@@ -7,10 +7,15 @@ by substring of its lower-cased type string) is linear → ``dense``, conv1d (wh
 Face GPT-2's ``Conv1D``) → ``conv1d``, conv2d → ``conv2d``, embedding → ``embedding``.
 
 Files (``.safetensors``, a sharded safetensors directory with its index, ``.pt``/``.bin`` state
-dicts) are read **tensor by tensor**: a ``LayerRef`` holds a loader, not the tensor, so peak memory
-stays near the largest matrix. When a ``config.json`` sits beside the weights, the model's module
-tree is built on the ``meta`` device (no memory) to recover the in-memory layer ids and types;
-without one, ``layer_id`` counts the tensors of the file in order and types come from names.
+dicts) are read **as their index says** — each tensor from the shard that
+``model.safetensors.index.json`` names; without an index, a name held by two files is refused —
+and only when they are regular files (a FIFO or a device would block: refused from its metadata).
+``.pt``/``.bin`` files load with ``torch.load(weights_only=True)``: a pickle that would run code
+is refused in lmlab's words (:func:`torch_file_error`). They are read **tensor by tensor**: a
+``LayerRef`` holds a loader, not the tensor, so peak memory stays near the largest matrix.
+When a ``config.json`` sits beside the weights, the model's module tree is built on the ``meta``
+device (no memory) to recover the in-memory layer ids and types; without one, ``layer_id``
+counts the tensors of the file in order and types come from names.
 
 >>> import torch
 >>> refs = list(iter_layers(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())))
@@ -22,6 +27,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+import stat
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +39,11 @@ import torch
 
 from lmlab.errors import LmlabError, first_line
 
-__all__ = ["LayerRef", "iter_layers", "layer_type_of", "describe_source"]
+__all__ = ["LayerRef", "check_weights", "describe_source", "iter_layers", "layer_type_of",
+           "regular_file", "torch_file_error"]
 
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -111,31 +121,127 @@ class _TensorStore:
         return self._get(key)
 
 
-def _safetensors_store(files: list[Path], weight_map: dict[str, str] | None) -> _TensorStore:
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def regular_file(path: Path, *, allow_empty: bool = False) -> Path:
+    """``path`` when it is a regular file (symlinks followed), checked before any read.
+
+    A FIFO, a device or a socket would block or stream forever when read: it is refused here,
+    from its metadata alone.
+
+    Raises:
+        LmlabError: the path is missing, not a regular file, or empty (unless allowed).
+    """
+    try:
+        mode, size = (st := path.stat()).st_mode, st.st_size
+    except FileNotFoundError:
+        raise LmlabError(f"no such file: {path}; check the path") from None
+    except OSError as e:
+        raise LmlabError(f"cannot read {path}: {e.strerror or first_line(e)}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise LmlabError(f"{path} is {kind}, not a regular file; give a weights file saved "
+                         "on disk")
+    if size == 0 and not allow_empty:
+        raise LmlabError(f"{path} is empty (0 bytes); the file was not written completely — "
+                         "save the weights again")
+    return path
+
+
+def _safetensors_shapes(f: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the header of one safetensors file (no tensor is read)."""
     from safetensors import SafetensorError, safe_open
 
-    shapes: dict[str, tuple[int, ...]] = {}
-    owner: dict[str, Path] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as h:
-                for k in h.keys():
-                    shapes[k] = tuple(h.get_slice(k).get_shape())
-                    owner[k] = f
-        except (SafetensorError, OSError, ValueError) as e:
-            raise LmlabError(
-                f"cannot read safetensors file {f}: {e}; the file is corrupt or truncated"
-            ) from None
-    if weight_map is not None:
-        missing = sorted(set(weight_map.values()) - {f.name for f in files})
-        if missing:
-            raise LmlabError(f"the safetensors index names shard(s) that are missing: {missing}")
+    regular_file(f)
+    try:
+        with safe_open(str(f), framework="pt") as h:
+            return {k: tuple(h.get_slice(k).get_shape()) for k in h.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LmlabError(
+            f"cannot read safetensors file {f}: {e}; the file is corrupt or truncated"
+        ) from None
+
+
+def _safetensors_reader(owner: dict[str, Path]) -> Callable[[str], torch.Tensor]:
+    from safetensors import safe_open
 
     def get(key: str) -> torch.Tensor:
         with safe_open(str(owner[key]), framework="pt") as h:
             return h.get_tensor(key)
 
-    return _TensorStore(shapes, get)
+    return get
+
+
+def _safetensors_store(files: list[Path]) -> _TensorStore:
+    """The tensors of ``files`` (no index): a name held by two files is refused."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    owner: dict[str, Path] = {}
+    for f in files:
+        for k, shape in _safetensors_shapes(f).items():
+            if k in owner:
+                raise LmlabError(
+                    f"the tensor {k!r} is in both {owner[k]} and {f}; keep one copy, or add "
+                    f"a {_SAFETENSORS_INDEX} that says which file holds each tensor")
+            shapes[k], owner[k] = shape, f
+    return _TensorStore(shapes, _safetensors_reader(owner))
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file name) of a safetensors index, checked."""
+    regular_file(index, allow_empty=True)
+    hint = "re-save the model, or delete the index to read every *.safetensors file"
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise LmlabError(f"cannot read the shard index {index}: {first_line(e)}; {hint}"
+                         ) from None
+    if not isinstance(data, dict):
+        raise LmlabError(f"the shard index {index} holds a JSON {type(data).__name__}, not an "
+                         f"object with a 'weight_map'; {hint}")
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        if weight_map is None:
+            what = "has no 'weight_map'"
+        elif isinstance(weight_map, dict):
+            what = "has an empty 'weight_map'"
+        else:
+            what = f"has a 'weight_map' that is a JSON {type(weight_map).__name__}"
+        raise LmlabError(f"the shard index {index} {what}, not an object of tensor name -> "
+                         f"shard file; {hint}")
+    for name, file in weight_map.items():
+        inside = isinstance(file, str) and file and not Path(file).is_absolute() \
+            and ".." not in Path(file).parts
+        if not inside:
+            raise LmlabError(f"the shard index {index} maps {name!r} to {file!r}, not a file "
+                             f"name inside {index.parent}; {hint}")
+    return weight_map
+
+
+def _indexed_store(directory: Path, index: Path) -> _TensorStore:
+    """The tensors a safetensors index names, each read from the shard the index gives."""
+    weight_map = _read_index(index)
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not (directory / s).exists()]
+    if missing:
+        raise LmlabError(f"the shard index {index} names shard(s) that are missing: "
+                         f"{', '.join(missing)}; download them again or fix the index")
+    shapes: dict[str, tuple[int, ...]] = {}
+    owner: dict[str, Path] = {}
+    for shard in shards:
+        f = directory / shard
+        held = _safetensors_shapes(f)
+        wanted = [k for k, s in weight_map.items() if s == shard]
+        absent = [k for k in wanted if k not in held]
+        if absent:
+            raise LmlabError(f"the shard index {index} puts {absent[0]!r} in {f}, which does "
+                             "not hold it; download the shards again or fix the index")
+        for k, shape in held.items():  # the shard's own order, as without an index
+            if weight_map.get(k) == shard:
+                shapes[k], owner[k] = shape, f
+    return _TensorStore(shapes, _safetensors_reader(owner))
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
@@ -155,25 +261,69 @@ def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
     raise LmlabError(f"{path} holds no state dict of tensors (found {type(obj).__name__})")
 
 
+def torch_file_error(path: Path, exc: BaseException) -> LmlabError:
+    """The one-line refusal of a torch file that ``torch.load(weights_only=True)`` rejected.
+
+    torch's own message advises ``weights_only=False``, which would run the file's code: that
+    advice is never passed on. A pickle that names a function (the way a file runs code) is
+    said to hold Python objects other than tensors, naming the function.
+
+    >>> str(torch_file_error(Path("m.pt"), EOFError()))
+    'cannot read m.pt: EOFError; the file is corrupt, truncated or not a torch state dict'
+    """
+    text = str(exc)
+    resave = "re-save it with torch.save(model.state_dict(), PATH)"
+    if "weights_only" in text or "Weights only load failed" in text:
+        called = re.search(r"GLOBAL ([\w.]+)", text)
+        if called:
+            return LmlabError(
+                f"{path} holds Python objects other than tensors (unpickling it would call "
+                f"{called.group(1)}); lmlab reads only tensors (state dicts) and runs no code "
+                f"from files; {resave}")
+        return LmlabError(
+            f"{path} is not a torch file of tensors: it holds Python objects other than "
+            f"tensors, or is corrupt; lmlab reads only tensors (state dicts); {resave}")
+    return LmlabError(f"cannot read {path}: {first_line(exc)}; the file is corrupt, truncated "
+                      "or not a torch state dict")
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` memory-mapped (plain for the legacy format), quiet."""
+    with warnings.catch_warnings():  # torch's pickle-protocol warnings are not the user's
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e).lower():
+                raise
+        # the legacy (non-zip) format cannot be memory-mapped
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _torch_store(path: Path) -> _TensorStore:
+    regular_file(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e).lower():
-            raise LmlabError(
-                f"cannot read {path}: {first_line(e)}; the file is corrupt or not a torch "
-                "checkpoint") from None
-        try:  # legacy (non-zip) format cannot be memory-mapped
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e2:  # noqa: BLE001 - any failure here is a bad file
-            raise LmlabError(f"cannot read {path}: {first_line(e2)}") from None
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of many kinds
-        raise LmlabError(
-            f"cannot read {path}: {first_line(e)}; the file is corrupt, truncated or not a "
-            "torch state dict (save model.state_dict(), not the pickled module)"
-        ) from None
+        obj = _torch_load(path)
+    except Exception as e:  # noqa: BLE001 - zip, stream and unpickling errors of many kinds
+        raise torch_file_error(path, e) from None
     sd = _unwrap_state_dict(obj, path)
     return _TensorStore({k: tuple(v.shape) for k, v in sd.items()}, lambda k: sd[k])
+
+
+def _open_directory(path: Path) -> _TensorStore:
+    index = path / _SAFETENSORS_INDEX
+    if index.exists() or index.is_symlink():
+        return _indexed_store(path, index)
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return _safetensors_store(files)
+    for name in ("pytorch_model.bin", "model.pt", "model.bin"):
+        if (path / name).exists() or (path / name).is_symlink():
+            return _torch_store(path / name)
+    raise LmlabError(
+        f"{path} holds no weights: expected *.safetensors, {_SAFETENSORS_INDEX} or "
+        "pytorch_model.bin"
+    )
 
 
 def _open_store(path: Path) -> tuple[_TensorStore, Path | None]:
@@ -181,29 +331,12 @@ def _open_store(path: Path) -> tuple[_TensorStore, Path | None]:
     if not path.exists():
         raise LmlabError(f"no such file or directory: {path}; check the path or the model name")
     if path.is_dir():
-        config_dir = path if (path / "config.json").exists() else None
-        index = path / _SAFETENSORS_INDEX
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
-                raise LmlabError(f"cannot read the shard index {index}: {e}") from None
-            files = [path / f for f in sorted(set(weight_map.values())) if (path / f).exists()]
-            return _safetensors_store(files, weight_map), config_dir
-        files = sorted(path.glob("*.safetensors"))
-        if files:
-            return _safetensors_store(files, None), config_dir
-        for name in ("pytorch_model.bin", "model.pt", "model.bin"):
-            if (path / name).exists():
-                return _torch_store(path / name), config_dir
-        raise LmlabError(
-            f"{path} holds no weights: expected *.safetensors, {_SAFETENSORS_INDEX} or "
-            "pytorch_model.bin"
-        )
-    config_dir = path.parent if (path.parent / "config.json").exists() else None
+        config_dir = path if (path / "config.json").is_file() else None
+        return _open_directory(path), config_dir
+    config_dir = path.parent if (path.parent / "config.json").is_file() else None
     if path.suffix == ".safetensors":
-        return _safetensors_store([path], None), config_dir
-    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        return _safetensors_store([path]), config_dir
+    if path.suffix in _TORCH_SUFFIXES:
         return _torch_store(path), config_dir
     raise LmlabError(
         f"unsupported weights file {path}: use .safetensors, .pt/.pth/.bin, or a model directory"
@@ -285,8 +418,9 @@ def iter_layers(source: Any) -> Iterator[LayerRef]:
             ``.safetensors``/``.pt``/``.bin`` file or a model directory.
 
     Raises:
-        LmlabError: for a missing path, an unreadable or corrupt file, or an object that is
-            none of the above.
+        LmlabError: for a missing path; an unreadable, empty or corrupt file; a FIFO or device
+            in place of a file; a malformed shard index, or a tensor in two files without one;
+            a pickle holding more than tensors; or an object that is none of the above.
     """
     if isinstance(source, torch.nn.Module):
         yield from _from_module(source)
@@ -308,6 +442,20 @@ def iter_layers(source: Any) -> Iterator[LayerRef]:
         f"cannot analyse an object of type {type(source).__name__}: pass a torch.nn.Module, a "
         "state dict, or a path to weights"
     )
+
+
+def check_weights(source: Any) -> None:
+    """Open a weights path as :func:`iter_layers` does — the shard index, every file header,
+    the pickle's safety — without loading a tensor or building the model (a fast pre-check).
+    Objects in memory pass.
+
+    Raises:
+        LmlabError: as :func:`iter_layers`.
+
+    >>> check_weights(torch.nn.Linear(2, 2))
+    """
+    if isinstance(source, str | Path):
+        _open_store(Path(source).expanduser())
 
 
 def describe_source(source: Any) -> str:

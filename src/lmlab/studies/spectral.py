@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
 from lmlab.studies.pattern import Summary, SummaryKey
@@ -94,13 +95,13 @@ class Config:
     method: Literal["eigh", "svd"] = "eigh"
     precision: Literal["float64", "float32"] = "float64"
     fit_mode: Literal["ww", "xmin_peak"] = "ww"
-    max_n: int | None = 50000
+    max_n: int | None = ranged(50000, 1)
     layers: tuple[str, ...] = ()
     esd_layers: tuple[str, ...] = ()
     table_format: Literal["csv", "json", "parquet"] = "csv"
-    threads: int | None = None
+    threads: int | None = ranged(None, 1, 1024)
     device: str = "auto"
-    seed: int = 0
+    seed: int = seed_field(0)
 
     @classmethod
     def quick(cls) -> Config:
@@ -111,13 +112,6 @@ class Config:
     def paper(cls) -> Config:
         """weightwatcher's own route: SVD of every matrix in float64."""
         return cls(method="svd")
-
-    def validate(self) -> None:
-        """Reject impossible values with a clear message."""
-        if self.max_n is not None and self.max_n <= 0:
-            raise LmlabError("max_n must be a positive number of rows, or none to lift the rule")
-        if self.threads is not None and self.threads <= 0:
-            raise LmlabError("threads must be a positive integer, or none")
 
 
 @dataclass(frozen=True)
@@ -137,8 +131,15 @@ class Result:
     esds: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+_LAYERS = "layers (--layers)"
+_ESD_LAYERS = "esd_layers (--esd-layers)"
+
+
 def _pick_esd_layers(df: pd.DataFrame, wanted: tuple[str, ...]) -> list[int]:
     if wanted:
+        from lmlab.spectral.analyze import check_layer_names
+
+        check_layer_names(wanted, list(df.itertuples()), setting=_ESD_LAYERS, types=False)
         keys = set(wanted)
         hits = df[df.apply(lambda r: bool({str(r.layer_id), r["name"], r.longname} & keys), axis=1)]
         return [int(i) for i in hits["layer_id"]]
@@ -150,10 +151,28 @@ def _pick_esd_layers(df: pd.DataFrame, wanted: tuple[str, ...]) -> list[int]:
 
 
 def check(cfg: Config) -> None:
-    """Fail fast, before a run directory is made, when the model cannot be found."""
-    from lmlab.models.hf import check_model
+    """Fail fast, before a run directory is made, when the model cannot be found or read
+    (index, file headers, pickle safety), or ``layers``/``esd_layers`` name no layer of it.
+
+    An offline model that is converted on first use is only checked to be installed here.
+    """
+    from lmlab.models.hf import check_model, ready_weights
+    from lmlab.spectral.analyze import check_layer_names
+    from lmlab.spectral.sources import check_weights, iter_layers
 
     check_model(cfg.model)
+    weights = ready_weights(cfg.model)
+    if weights is None:
+        return
+    if not (cfg.layers or cfg.esd_layers):
+        check_weights(weights)
+        return
+    refs = list(iter_layers(weights))
+    check_layer_names(cfg.layers, refs, setting=_LAYERS)
+    if cfg.layers:
+        wanted = set(cfg.layers)
+        refs = [r for r in refs if {str(r.layer_id), r.name, r.longname, r.layer_type} & wanted]
+    check_layer_names(cfg.esd_layers, refs, setting=_ESD_LAYERS, types=False)
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
