@@ -135,3 +135,21 @@ def test_check_validates_without_writing(tmp_path, capsys) -> None:
     (tmp_path / "file").write_text("x")
     assert main(["run", "spectral", "--check", "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("study, sets", [
+    (study, ["model={long}"]) for study in ("finetune-spectral", "optimizers", "spectral")
+] + [
+    ("finetune-spectral", ["data.path=/tmp/{long}"]),
+    ("optimizers", ["data.source=file", "data.path=/tmp/{long}"]),
+    ("optimizers", ["data.path=/tmp/{long}"]),  # a path the data source would not read
+])
+def test_names_too_long_for_the_file_system_are_one_line(study, sets, tmp_path, capsys) -> None:
+    long = "a" * 1000  # under lmlab's 4096-character bound, over the file system's 255
+    argv = ["run", study, "--check", "--out", str(tmp_path / "runs")]
+    for s in sets:
+        argv += ["--set", s.format(long=long)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lmlab: error: ") and "Traceback" not in err[0]
+    assert not (tmp_path / "runs").exists()

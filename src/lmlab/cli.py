@@ -231,6 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the last net for the file system's refusals (a name too long, ...)
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"lmlab: error: {e.strerror or type(e).__name__}{where}; check the path, its "
+              "permissions and the free disk space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lmlab: interrupted; the run directory keeps what was written so far "
               "(run the same command with --resume to continue)", file=sys.stderr)

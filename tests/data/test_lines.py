@@ -26,7 +26,7 @@ def test_an_empty_path_is_refused_as_empty(path: str) -> None:
 
 def test_what_is_not_a_regular_file_is_named(tmp_path: Path, fifo) -> None:
     pipe = fifo("pipe.txt")  # reading it would block forever
-    assert file_kind(pipe) == "a named pipe, device or socket, not a regular file"
+    assert file_kind(pipe) == "a named pipe (FIFO)"
     with pytest.raises(LmlabError, match="pipe.txt is a named pipe"):
         text_file_lines(pipe)
     with pytest.raises(LmlabError, match="is a directory"):

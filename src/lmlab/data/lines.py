@@ -12,11 +12,11 @@ each line truncated to ``max_tokens`` tokens, stop once ``budget`` tokens are co
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lmlab._files import file_kind, given_path
 from lmlab.errors import LmlabError, first_line
 
 __all__ = ["token_budget", "wikitext2_lines", "text_file_lines", "file_kind", "given_path",
@@ -60,39 +60,6 @@ def wikitext2_lines(split: str) -> list[str]:
         raise LmlabError(f"cannot load WikiText-2 ({first_line(e)}); offline, use "
                          "--set data.source=stdlib-docstrings or --set data.path=FILE") from None
     return [str(t) for t in ds["text"]]
-
-
-def file_kind(path: Path) -> str | None:
-    """What stands at ``path`` when it is not a readable regular file, else None; checked from
-    metadata alone, so a FIFO or a device is never opened (reading one would block).
-
-    >>> file_kind(Path(__file__)) is None, file_kind(Path(__file__).parent)
-    (True, 'a directory')
-    """
-    try:
-        mode = path.stat().st_mode  # symlinks followed, as a reader would
-    except FileNotFoundError:
-        return "missing"
-    except OSError as e:
-        return f"unreadable ({e.strerror or type(e).__name__})"
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "a named pipe, device or socket, not a regular file"
-
-
-def given_path(path: str | Path, setting: str = "data.path") -> Path:
-    """``path`` expanded, after refusing an empty one (``--set data.path=``), which would
-    otherwise read as the current directory ``.``.
-
-    >>> given_path("~/names.txt").name
-    'names.txt'
-    """
-    if not str(path).strip():
-        raise LmlabError(f"{setting} is empty; give a file path, or leave {setting} unset "
-                         "(none) for the default data")
-    return Path(path).expanduser()
 
 
 def text_file_lines(path: str | Path) -> list[str]:

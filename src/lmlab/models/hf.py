@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmlab._files import file_kind
 from lmlab.errors import LmlabError, first_line
 from lmlab.runs.io import atomic_directory, atomic_write_json
 from lmlab.runtime import CACHE_ENV, cache_dir
@@ -199,7 +200,10 @@ def resolve_weights(ref: str | Path) -> Path:
     if key in _OFFLINE:
         return _OFFLINE[key].path()
     path = Path(text).expanduser()
-    if path.exists():
+    kind = file_kind(path)
+    if kind is not None and kind.startswith("unreadable"):
+        raise LmlabError(f"cannot use the model path {path}: {kind}; check the path")
+    if kind != "missing":
         return path
     looks_like_path = text.startswith((".", "/", "~")) or path.suffix in (
         ".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -270,7 +274,7 @@ def check_model_files(path: Path) -> None:
 def _load_error(path: Path, exc: BaseException) -> LmlabError:
     """One line for a failed ``from_pretrained``: a refused pickle names its file, and torch's
     advice to load with ``weights_only=False`` is never passed on."""
-    from lmlab.spectral.sources import torch_file_error
+    from lmlab._files import torch_file_error
 
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError | EOFError) or "weights_only" in text:

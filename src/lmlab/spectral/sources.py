@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
-import stat
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from typing import Any
 
 import torch
 
+from lmlab._files import regular_file, torch_file_error
 from lmlab.errors import LmlabError, first_line
 
 __all__ = ["LayerRef", "check_weights", "describe_source", "iter_layers", "layer_type_of",
@@ -121,34 +120,6 @@ class _TensorStore:
         return self._get(key)
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
-
-
-def regular_file(path: Path, *, allow_empty: bool = False) -> Path:
-    """``path`` when it is a regular file (symlinks followed), checked before any read.
-
-    A FIFO, a device or a socket would block or stream forever when read: it is refused here,
-    from its metadata alone.
-
-    Raises:
-        LmlabError: the path is missing, not a regular file, or empty (unless allowed).
-    """
-    try:
-        mode, size = (st := path.stat()).st_mode, st.st_size
-    except FileNotFoundError:
-        raise LmlabError(f"no such file: {path}; check the path") from None
-    except OSError as e:
-        raise LmlabError(f"cannot read {path}: {e.strerror or first_line(e)}") from None
-    if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-        raise LmlabError(f"{path} is {kind}, not a regular file; give a weights file saved "
-                         "on disk")
-    if size == 0 and not allow_empty:
-        raise LmlabError(f"{path} is empty (0 bytes); the file was not written completely — "
-                         "save the weights again")
-    return path
 
 
 def _safetensors_shapes(f: Path) -> dict[str, tuple[int, ...]]:
@@ -259,32 +230,6 @@ def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
         if tensors:
             return tensors
     raise LmlabError(f"{path} holds no state dict of tensors (found {type(obj).__name__})")
-
-
-def torch_file_error(path: Path, exc: BaseException) -> LmlabError:
-    """The one-line refusal of a torch file that ``torch.load(weights_only=True)`` rejected.
-
-    torch's own message advises ``weights_only=False``, which would run the file's code: that
-    advice is never passed on. A pickle that names a function (the way a file runs code) is
-    said to hold Python objects other than tensors, naming the function.
-
-    >>> str(torch_file_error(Path("m.pt"), EOFError()))
-    'cannot read m.pt: EOFError; the file is corrupt, truncated or not a torch state dict'
-    """
-    text = str(exc)
-    resave = "re-save it with torch.save(model.state_dict(), PATH)"
-    if "weights_only" in text or "Weights only load failed" in text:
-        called = re.search(r"GLOBAL ([\w.]+)", text)
-        if called:
-            return LmlabError(
-                f"{path} holds Python objects other than tensors (unpickling it would call "
-                f"{called.group(1)}); lmlab reads only tensors (state dicts) and runs no code "
-                f"from files; {resave}")
-        return LmlabError(
-            f"{path} is not a torch file of tensors: it holds Python objects other than "
-            f"tensors, or is corrupt; lmlab reads only tensors (state dicts); {resave}")
-    return LmlabError(f"cannot read {path}: {first_line(exc)}; the file is corrupt, truncated "
-                      "or not a torch state dict")
 
 
 def _torch_load(path: Path) -> Any:

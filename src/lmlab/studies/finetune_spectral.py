@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from lmlab._files import file_kind, given_path
 from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
@@ -223,13 +224,18 @@ def _texts(cfg: DataConfig) -> tuple[list[str], list[str], str]:
 
 def check(cfg: Config) -> None:
     """Fail before any work when the model reference or the data file cannot be used."""
-    from pathlib import Path
 
     from lmlab.models.hf import check_model
 
     check_model(cfg.model)
-    if cfg.data.path and not Path(cfg.data.path).expanduser().is_file():
-        raise LmlabError(f"no such data file: {cfg.data.path}; check data.path")
+    if cfg.data.path is not None:
+        path = given_path(cfg.data.path)
+        kind = file_kind(path)
+        if kind == "missing":
+            raise LmlabError(f"no such data file: {path}; check data.path")
+        if kind is not None:
+            raise LmlabError(f"the data file {path} is {kind}; give a JSON file in data.path")
+    _texts(cfg.data)  # a file too small to split fails here, before any run directory
 
 
 def _stage_row(stage: str, df: pd.DataFrame, loss: float, ppl: float) -> dict[str, Any]:

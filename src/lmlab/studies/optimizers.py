@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from lmlab._files import file_kind, given_path
 from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
@@ -195,15 +196,19 @@ def _lines_used(lines: list[str], taken: list[list[int]]) -> int:
 def check_lines_data(cfg: LinesData) -> None:
     """Fail before any work when the data source cannot be used."""
     import importlib.util
-    from pathlib import Path
 
     if cfg.source == "wikitext2" and importlib.util.find_spec("datasets") is None:
         raise LmlabError("WikiText-2 needs the datasets library (pip install datasets) and the "
                          "hub; offline, use --set data.source=stdlib-docstrings or "
                          "--set data.source=file --set data.path=FILE")
-    if cfg.source == "file" and not (cfg.path and Path(cfg.path).expanduser().is_file()):
-        raise LmlabError(f"data.source=file needs an existing text file in data.path "
-                         f"(got {cfg.path!r})")
+    if cfg.path is not None and cfg.source != "file":
+        raise LmlabError(f"data.path is set but data.source is {cfg.source}, which does not read "
+                         "it; add --set data.source=file, or drop data.path")
+    if cfg.source == "file":
+        kind = file_kind(given_path(cfg.path or ""))
+        if kind is not None:
+            raise LmlabError(f"data.source=file needs an existing text file in data.path "
+                             f"(got {cfg.path!r}: {kind})")
 
 
 def check(cfg: Config) -> None:
