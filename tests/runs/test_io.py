@@ -12,6 +12,7 @@ import pytest
 
 from lmlab.errors import LmlabError
 from lmlab.runs.io import (
+    append_lines,
     atomic_directory,
     atomic_save_torch,
     atomic_write_bytes,
@@ -50,7 +51,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
         def __str__(self) -> str:
             raise RuntimeError("cannot render")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # raised while encoding, before any file is written
         atomic_write_json(target, {"v": Unserialisable()})
     assert json.loads(target.read_text()) == {"v": 1}
     assert _leftovers(tmp_path) == []
@@ -65,7 +66,7 @@ def test_failing_figure_save_keeps_old_file(tmp_path: Path) -> None:
             handle.write(b"partial")  # type: ignore[attr-defined]
             raise ValueError("renderer crashed")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(LmlabError, match="renderer crashed"):
         save_figure(BrokenFigure(), target)  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert _leftovers(tmp_path) == []
@@ -244,7 +245,7 @@ def test_atomic_save_torch_round_trips_and_keeps_old_file_on_failure(tmp_path: P
         def __reduce__(self) -> object:
             raise RuntimeError("cannot pickle")
 
-    with pytest.raises(RuntimeError, match="cannot pickle"):
+    with pytest.raises(LmlabError, match="cannot pickle"):
         atomic_save_torch(target, {"step": 2, "bad": Unpicklable()})
     assert torch.load(target, weights_only=True)["step"] == 1
     assert _leftovers(target.parent) == []
@@ -309,3 +310,116 @@ def test_atomic_directory_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(LmlabError, match=r"^cannot create directory .*; set X$"), \
             atomic_directory(blocker / "sub" / "model", hint="set X"):
         pass
+
+
+# --- disk faults: any error of a write is one line naming the file; nothing is left behind ----
+
+
+def test_a_full_disk_during_torch_save_is_one_line_naming_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save turns the disk's ENOSPC into RuntimeError "unexpected pos": the message still
+    says what the disk said, and the old checkpoint and the directory stay clean."""
+    import errno
+    import os
+
+    import torch
+
+    target = tmp_path / "last.pt"
+    atomic_save_torch(target, {"step": 1, "w": torch.ones(3)})
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, handle: object) -> None:
+            self.handle, self.calls = handle, 0
+
+        def write(self, data: bytes) -> int:
+            self.calls += 1
+            if self.calls > 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.handle.write(data)  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr("lmlab.runs.io.os.fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(LmlabError) as err:
+        atomic_save_torch(target, {"step": 2, "w": torch.zeros(1000)})
+    monkeypatch.undo()
+    message = str(err.value)
+    assert message.startswith(f"cannot write {target}: No space left on device; ")
+    assert "\n" not in message and "unexpected pos" not in message
+    assert isinstance(err.value.__cause__, RuntimeError)  # what torch raised, kept for debugging
+    assert torch.load(target, weights_only=True)["step"] == 1
+    assert _leftovers(tmp_path) == []
+
+
+def test_checkpoint_free_space_check_is_sized_from_the_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch
+
+    import lmlab.runs.guard as guard
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(guard.shutil, "disk_usage",
+                        lambda p: usage._replace(free=8 * 1024**2))  # 8 MB free
+    small = {"step": 1, "w": torch.zeros(1024**2 // 4)}  # 1 MB of tensors: fits
+    assert atomic_save_torch(tmp_path / "small.pt", small).is_file()
+    big = {"step": 1, "w": torch.zeros(3 * 1024**2), "view": None}  # 12 MB: refused up front
+    big["view"] = big["w"][:10]  # a view of the same storage is not counted twice
+    with pytest.raises(LmlabError, match=r"^cannot write .*big\.pt: it needs about 13\.6 MB "
+                       r"and only 8\.0 MB are free on that disk; free some space"):
+        atomic_save_torch(tmp_path / "big.pt", big)
+    assert not (tmp_path / "big.pt").exists() and _leftovers(tmp_path) == []
+
+
+def test_append_lines_ends_a_torn_line_and_a_failed_append_leaves_no_half_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    log = tmp_path / "metrics.jsonl"
+    append_lines(log, b'{"step": 1}\n')
+    with log.open("ab") as f:
+        f.write(b'{"step": 2, "lo')  # a crash mid-append
+    append_lines(log, b'{"step": 2}\n')
+    assert log.read_bytes() == b'{"step": 1}\n{"step": 2, "lo\n{"step": 2}\n'
+    before = log.read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 4:
+            return real_write(fd, bytes(data[:4]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lmlab.runs.io.os.write", half_then_full)
+    with pytest.raises(LmlabError, match=r"^cannot append to .*metrics\.jsonl: No space left"):
+        append_lines(log, b'{"step": 3}\n')
+    monkeypatch.undo()
+    assert log.read_bytes() == before  # cut back: no half row
+
+
+def test_remove_temporaries_removes_only_lmlab_temporary_names(tmp_path: Path) -> None:
+    from lmlab.runs.guard import remove_temporaries
+
+    (tmp_path / "checkpoints").mkdir()
+    ours = [tmp_path / "checkpoints" / ".last.pt.4242-ab_cd12z.tmp",  # a killed checkpoint write
+            tmp_path / ".meta.json.k2j4h5g6.tmp",  # the names of earlier versions
+            tmp_path / ".model.77-deadbeef.tmp"]  # a directory fill
+    for path in ours[:2]:
+        path.write_bytes(b"half")
+    ours[2].mkdir()
+    (ours[2] / "weights.bin").write_bytes(b"x")
+    kept = [tmp_path / "notes.tmp", tmp_path / ".hidden", tmp_path / "last.pt",
+            tmp_path / ".last.pt.tmp"]
+    for path in kept:
+        path.write_bytes(b"user")
+    assert sorted(remove_temporaries(tmp_path)) == sorted(ours)
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in kept)

@@ -165,3 +165,61 @@ def test_read_summary_errors(tmp_path: Path) -> None:
     (run.path / "summary.json").write_text("{broken")
     with pytest.raises(LmlabError, match="corrupt"):
         run.read_summary()
+
+
+def test_resume_space_check_is_sized_from_the_largest_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replacing a checkpoint writes the new one beside the old: the disk must hold one more."""
+    run = RunDir.create(tmp_path, "s")
+    (run.checkpoints_dir / "last.pt").write_bytes(b"\0" * 1024)
+    usage = shutil.disk_usage(tmp_path)
+    free = {"bytes": 60 * 1024**2}
+    monkeypatch.setattr(rundir_module.shutil, "disk_usage",
+                        lambda p: usage._replace(free=free["bytes"]))
+    run.check_writable()  # a small checkpoint: the 50 MB floor applies, 60 MB free is enough
+    big = run.checkpoints_dir / "sgd" / "last.pt"
+    big.parent.mkdir()
+    with big.open("wb") as f:
+        f.truncate(100 * 1024**2)  # a sparse 100 MB checkpoint
+    with pytest.raises(LmlabError, match=r"only 60 MB free .*; free at least 105 MB"):
+        run.check_writable()
+    free["bytes"] = 106 * 1024**2
+    run.check_writable()
+
+
+def test_update_meta_can_drop_keys(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, "s")
+    run.update_meta({"status": "failed", "error": "disk full"})
+    run.update_meta({"status": "finished"}, drop=["error", "absent"])
+    assert run.read_meta() == {"status": "finished"}
+
+
+def test_a_failed_metrics_append_is_one_line_and_leaves_no_half_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    run = RunDir.create(tmp_path, "s")
+    run.log_metrics({"step": 1, "loss": 2.0})
+    before = run.metrics_path.read_bytes()
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr("lmlab.runs.io.os.fsync", eio)
+    with pytest.raises(LmlabError) as err:
+        run.log_metrics({"step": 2, "loss": 1.0})
+    monkeypatch.undo()
+    assert str(err.value) == (f"cannot append to {run.metrics_path}: Input/output error; check "
+                              "that the run directory is writable and the disk is not full")
+    assert run.metrics_path.read_bytes() == before
+
+
+def test_remove_temporaries_of_a_run(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, "s")
+    left = run.checkpoints_dir / ".last.pt.99-abcd1234.tmp"
+    left.write_bytes(b"half")
+    assert run.remove_temporaries() == [left] and not left.exists()
+    assert run.remove_temporaries() == []

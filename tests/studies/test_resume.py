@@ -99,13 +99,19 @@ def test_a_killed_run_resumes_to_the_same_numbers(sig: int, tiny_dir: Path, stra
     if sig == signal.SIGINT:
         assert killed.returncode == 130 and "--resume" in killed.stderr
         assert meta["status"] == "interrupted"
-    else:
+    else:  # the killed process held the run directory's lock: the OS let go of it
         assert killed.returncode == -signal.SIGKILL and meta["status"] == "running"
+        assert (run / ".lock").read_text().strip() == str(meta["pid"])
+        # what a kill in the middle of a checkpoint write leaves: resuming clears it
+        (run / "checkpoints" / f".last.pt.{meta['pid']}-k1ll3d00.tmp").write_bytes(b"half")
 
     resumed = subprocess.run(_command(tiny_dir, tmp_path, "--resume"), env=_env(),
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {run}" in resumed.stderr
+    assert not list(run.rglob("*.tmp"))
+    if sig == signal.SIGKILL:
+        assert "removed 1 temporary file(s)" in resumed.stderr
     assert list((tmp_path / "finetune-spectral").iterdir()) == [run]  # no second directory
     assert _summary(run) == _summary(straight)
     meta = json.loads((run / "meta.json").read_text())
@@ -140,16 +146,66 @@ def test_resume_of_a_finished_run_does_nothing(tiny_dir: Path, straight: Path,
     assert (straight / "summary.json").read_bytes() == before
 
 
-def test_resume_refuses_a_run_that_is_still_going(tmp_path: Path) -> None:
-    from lmlab.errors import LmlabError
+def test_resume_refuses_a_run_that_is_being_written(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The run directory's lock, not its status, says whether another process writes it."""
+    from lmlab.studies.runner import build_config
 
+    cfg = build_config("spectral", overrides=["model=all-minilm-l6-v2"])
     run = RunDir.create(tmp_path, "spectral", "quick")
-    run.save_config({"model": "x"}, meta={"study": "spectral", "status": "running",
-                                          "pid": os.getpid(),
-                                          "host": __import__("socket").gethostname()})
-    with pytest.raises(LmlabError, match="still running"):
-        run_study("spectral", overrides=["model=all-minilm-l6-v2"], out=tmp_path,
-                  resume=True)
+    run.save_config(cfg, meta={"study": "spectral", "status": "failed"})
+    holder = RunDir.open(run.path).lock()  # what another process writing the run holds
+    try:
+        code = main(["run", "spectral", "--set", "model=all-minilm-l6-v2", "--out",
+                     str(tmp_path), "--resume"])
+    finally:
+        holder.unlock()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (f"lmlab: error: {run.path} is being written by another lmlab "
+                                 f"process (pid {os.getpid()}); wait for it to finish or stop it")
+    assert RunDir.open(run.path).read_meta()["status"] == "failed"  # untouched
+
+
+_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import torch, transformers  # the slow imports, before the start line
+from lmlab.cli import main
+barrier = Path(sys.argv[1])
+(barrier.parent / f"ready-{sys.argv[2]}").touch()
+while not barrier.exists():
+    time.sleep(0.001)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_two_resumes_started_at_once_one_runs_the_other_is_refused(
+        tiny_dir: Path, straight: Path, tmp_path: Path) -> None:
+    """Two `--resume` of one interrupted run, released at the same instant: exactly one runs;
+    the other exits 2 with one line naming the first; every step is logged once."""
+    _interrupt(tiny_dir, tmp_path, signal.SIGKILL)
+    run = _run_dir(tmp_path)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    args = _command(tiny_dir, tmp_path, "--resume", str(run))[3:]  # after "-m lmlab.cli"
+    procs = [subprocess.Popen([sys.executable, "-c", _AT_ONCE, str(gate / "go"), str(i), *args],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(gate.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    (gate / "go").touch()
+    done = [(p, *p.communicate(timeout=300)) for p in procs]
+    codes = sorted(p.returncode for p, _, _ in done)
+    assert codes == [0, 2], [err for _, _, err in done]
+    (winner, _, _), = [d for d in done if d[0].returncode == 0]
+    (_, _, refused), = [d for d in done if d[0].returncode == 2]
+    assert refused.strip() == (f"lmlab: error: {run} is being written by another lmlab process "
+                               f"(pid {winner.pid}); wait for it to finish or stop it")
+    train = RunDir.open(run).read_metrics().query("kind == 'train'")
+    assert train["step"].tolist() == list(range(1, 4 * EPOCHS + 1))  # no step twice
+    assert _summary(run) == _summary(straight)
 
 
 def test_find_resumable_takes_the_newest_run_of_that_name(tmp_path: Path) -> None:
@@ -233,3 +289,18 @@ def test_charlm_resumes_from_its_trained_phases(tmp_path: Path,
         elif not any(t in key for t in timing):
             assert got.get(key) == want.get(key), key
     pd.testing.assert_frame_equal(RunDir.open(run).read_metrics(), curves)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "4294967296000"])
+def test_a_bad_seed_fails_before_the_run_directory_exists(
+        seed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A seed that seed_everything refuses is refused by the checks, so no half-made run
+    directory is left for a later --resume to pick up."""
+    from tests.studies.test_attention_phase import TINY
+
+    for extra in ([], ["--check"], ["--resume"]):
+        code = main(["run", "attention-phase", *(a for t in TINY for a in ("--set", t)),
+                     "--set", f"seed={seed}", "--out", str(tmp_path / "runs"), *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "seed" in err, err
+        assert not (tmp_path / "runs").exists()

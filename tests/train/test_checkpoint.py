@@ -32,9 +32,9 @@ def test_save_load_and_step(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, match", [
-    (b"not a zip", "cannot read checkpoint .*last.pt: .*; it is corrupt — delete it"),
-    ("truncated", "cannot read checkpoint .*last.pt: .*; it is corrupt — delete it"),
-    (None, "cannot read checkpoint .*last.pt: it holds objects other than tensors"),
+    (b"not a zip", "cannot read checkpoint .*last.pt: .*corrupt.*; delete it"),
+    ("truncated", "cannot read checkpoint .*last.pt: .*corrupt.*; delete it"),
+    (None, "checkpoint .*last.pt holds Python objects other than tensors"),
     ("list", "last.pt is not an lmlab checkpoint; delete it"),
 ])
 def test_unreadable_checkpoints_are_one_line_errors(tmp_path: Path, content: object,

@@ -1,20 +1,18 @@
 """Atomic file writes (text, bytes, strict JSON, torch objects, figures, tables, directories)
-and the one JSON normaliser.
+and appends to logs.
 
 Every writer puts the data in a temporary file in the target's directory, flushes and fsyncs
-it, then renames it over the target with ``os.replace``. A crash or an error mid-write leaves
-the previous file intact and no temporary file behind. :func:`atomic_write_with` is the one
-place that does this; every other writer (and every module of lmlab that writes a file
-atomically) calls it. :func:`atomic_directory` does the same for a whole directory.
+it, then renames it over the target with ``os.replace``. An error mid-write leaves the previous
+file intact and no temporary file behind, and becomes one :class:`LmlabError` line that names
+the file (whatever raised it: ``torch.save`` turns a full disk into a ``RuntimeError``).
+:func:`atomic_write_with` is the one place that does this; every other writer (and every module
+of lmlab that writes a file atomically) calls it. :func:`atomic_directory` does the same for a
+whole directory, :func:`append_lines` appends to a log such as ``metrics.jsonl``. Only a killed
+process leaves a temporary file (``.<name>.<pid>-<random>.tmp``); a run directory that is
+reopened is cleared of them (:func:`lmlab.runs.guard.remove_temporaries`).
 
-NaN policy: every JSON file lmlab writes is strict JSON made by :func:`to_jsonable`, and a
-non-finite float (NaN, +inf, -inf) is written as ``null``: ``config.json``, ``meta.json``,
-``summary.json``, ``metrics.jsonl``, ``result/result.json``, ``report.json``, JSON tables, a
-sweep's ``cells.jsonl`` and the theory cache alike. Readers get ``None`` back where a
-non-finite number was (in a pandas column: NaN); a reader that needs a float puts NaN there.
-Parquet tables and ``.npy`` arrays keep NaN and infinities as they are. Configs never hold
-non-finite numbers: :mod:`lmlab.config` rejects them when a config is built, so a saved
-``config.json`` always reads back to the same config.
+JSON files are strict, with NaN and infinities as ``null``: the one normaliser,
+:func:`to_jsonable`, lives in :mod:`lmlab.runs.jsonable` (its NaN policy is written there).
 
 >>> import tempfile, pathlib
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -26,41 +24,32 @@ non-finite numbers: :mod:`lmlab.config` rejects them when a config is built, so 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import functools
-import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from lmlab.errors import LmlabError, first_line
+from lmlab.runs.guard import check_free_space, storage_bytes
+from lmlab.runs.jsonable import _dumps, to_jsonable
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = [
-    "atomic_directory",
-    "atomic_save_torch",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "atomic_write_with",
-    "save_figure",
-    "save_table",
-    "to_jsonable",
-]
+__all__ = ["append_lines", "atomic_directory", "atomic_save_torch", "atomic_write_bytes",
+           "atomic_write_json", "atomic_write_text", "atomic_write_with", "save_figure",
+           "save_table", "to_jsonable"]
 
 TABLE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 _WRITABLE = "choose a writable location"
+_DISK = "check that the location is writable and the disk is not full"
 _STALE_SECONDS = 6 * 3600  # temporary directories older than this were left by a killed process
 
 
@@ -74,6 +63,22 @@ def _file_mode() -> int:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or first_line(exc)
+
+
+def _write_error(path: Path, exc: Exception, hint: str | None) -> LmlabError:
+    """One line for a failed write of ``path``: what the disk (or the writer) said, what to do.
+
+    A library may replace the disk's ``OSError`` by its own error (``torch.save`` raises
+    ``RuntimeError: ... unexpected pos`` when the disk is full); the ``OSError`` it was
+    handling is then quoted instead.
+    """
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        return LmlabError(f"cannot write {path}: {_reason(cause)}; {hint or _DISK}")
+    return LmlabError(f"cannot write {path} ({type(exc).__name__}: {first_line(exc)}); "
+                      f"{hint or _DISK}")
 
 
 def _ensure_dir(directory: Path, hint: str = _WRITABLE) -> None:
@@ -94,8 +99,10 @@ def atomic_write_with(
     """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
 
     The file keeps the permissions of the file it replaces (new files get the usual
-    ``0o666`` minus the umask). If ``write`` raises, the temporary file is removed and the
-    exception propagates unchanged; an ``OSError`` becomes a one-line :class:`LmlabError`.
+    ``0o666`` minus the umask). If anything fails (``write``, the flush, the fsync or the
+    rename), the temporary file is removed and the error becomes a one-line
+    :class:`LmlabError` naming ``path``; an :class:`LmlabError` raised by ``write`` and
+    ``KeyboardInterrupt`` propagate as they are.
 
     Args:
         path: The target file; its directory is created if missing.
@@ -119,7 +126,8 @@ def atomic_write_with(
     directory = path.parent
     _ensure_dir(directory, hint or _WRITABLE)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp",
+                                        dir=directory)
     except OSError as exc:
         raise LmlabError(
             f"cannot write to directory {directory}: {_reason(exc)}; {hint or _WRITABLE}"
@@ -134,11 +142,11 @@ def atomic_write_with(
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            what = hint or "check that the location is writable and the disk is not full"
-            raise LmlabError(f"cannot write {path}: {_reason(exc)}; {what}") from exc
-        raise
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, LmlabError) or not isinstance(exc, Exception):
+            raise
+        raise _write_error(path, exc, hint) from exc
     _fsync_dir(directory)
     return path
 
@@ -203,67 +211,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_key(key: Any) -> str:
-    """A mapping key as ``json.dumps`` writes it (``true``, ``null``, ``1``), else ``str``."""
-    if isinstance(key, str):
-        return key
-    if key is None or isinstance(key, bool):
-        return json.dumps(key)
-    return str(key)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON values, under lmlab's one NaN policy (see the module docstring).
-
-    Non-finite floats become ``None``; tuples and sets become lists (sets sorted by ``repr``,
-    so equal sets give equal JSON in every process); mapping keys become strings as
-    ``json.dumps`` writes them; paths become strings, enums their value, dataclasses dicts of
-    their fields. NumPy and torch scalars and arrays are converted with ``.tolist()`` /
-    ``.item()``; pandas' missing values become ``None``; timestamps ``.isoformat()``;
-    anything else ``str(obj)``.
-
-    Args:
-        obj: Any value.
-
-    Returns:
-        A value that ``json.dumps(..., allow_nan=False)`` accepts.
-
-    >>> to_jsonable({"loss": float("nan"), "shape": (2, 3), 1: {"b", "a"}, None: -math.inf})
-    {'loss': None, 'shape': [2, 3], '1': ['a', 'b'], 'null': None}
-    """
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):  # NumPy's float64 too, as a plain float
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {_json_key(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (set, frozenset)):
-        return [to_jsonable(v) for v in sorted(obj, key=repr)]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, enum.Enum):
-        return to_jsonable(obj.value)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch arrays and scalars
-        return to_jsonable(obj.tolist())
-    if hasattr(obj, "item") and callable(obj.item):
-        return to_jsonable(obj.item())
-    if type(obj).__name__ in ("NAType", "NaTType"):  # pandas missing values
-        return None
-    if hasattr(obj, "isoformat") and callable(obj.isoformat):
-        return obj.isoformat()
-    return str(obj)
-
-
-def _dumps(obj: Any, indent: int | None) -> str:
-    return json.dumps(
-        to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False, ensure_ascii=False
-    )
-
-
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as strict JSON (indent 2, key order kept, NaN/inf as null) atomically.
 
@@ -286,18 +233,23 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, _dumps(obj, indent=2) + "\n")
 
 
-def atomic_save_torch(path: str | os.PathLike[str], obj: Any) -> Path:
+def atomic_save_torch(path: str | os.PathLike[str], obj: Any, *, hint: str | None = None) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (a checkpoint is either whole or absent).
+
+    The disk's free space is first checked against the size of the tensors in ``obj`` (plus 5%
+    and 1 MB for the file's own structure).
 
     Args:
         path: The target file, e.g. ``run/checkpoints/last.pt``; its directory is created.
         obj: Anything ``torch.save`` accepts (state dicts, tensors, plain containers).
+        hint: What the user should do when the file cannot be written.
 
     Returns:
         The target path.
 
     Raises:
-        LmlabError: If the directory cannot be created or written.
+        LmlabError: If the directory cannot be created or written, or its disk has too little
+            free space for the file.
 
     >>> import tempfile, pathlib, torch
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -307,7 +259,63 @@ def atomic_save_torch(path: str | os.PathLike[str], obj: Any) -> Path:
     """
     import torch
 
-    return atomic_write_with(path, lambda handle: torch.save(obj, handle))
+    path = Path(path)
+    _ensure_dir(path.parent, hint or _WRITABLE)
+    need = storage_bytes(obj)
+    check_free_space(path.parent, need + need // 20 + 1024**2, str(path), hint)
+    return atomic_write_with(path, lambda handle: torch.save(obj, handle), hint=hint)
+
+
+def append_lines(path: str | os.PathLike[str], data: bytes, *, hint: str | None = None) -> Path:
+    """Append whole lines (``data`` ends with a newline) to ``path``, flushed and fsynced.
+
+    A torn last line left by a crash is ended first, so the new lines start on a line of their
+    own. A failed append cuts the file back to its previous length (as far as the disk allows).
+
+    Args:
+        path: The file; created if missing (its directory must exist).
+        data: The lines to add, as bytes.
+        hint: What the user should do when the file cannot be written.
+
+    Returns:
+        The path.
+
+    Raises:
+        LmlabError: If the file cannot be opened or written.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     p = pathlib.Path(tmp) / "log.jsonl"
+    ...     _ = p.write_bytes(b"1")  # a torn line
+    ...     append_lines(p, b"2\\n").read_bytes()
+    b'1\\n2\\n'
+    """
+    path = Path(path)
+    what = hint or _DISK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0),
+                     0o666)
+    except OSError as exc:
+        raise LmlabError(f"cannot append to {path}: {_reason(exc)}; {what}") from None
+    size = 0
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.lseek(fd, size - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":
+                data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        reason = _reason(exc) if isinstance(exc, OSError) else first_line(exc)
+        raise LmlabError(f"cannot append to {path}: {reason}; {what}") from exc
+    finally:
+        os.close(fd)
+    return path
 
 
 def _sibling(target: Path) -> Path:

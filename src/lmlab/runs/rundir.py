@@ -7,6 +7,7 @@ Layout of ``<root>/<study>/<YYYYmmdd-HHMMSS>-<name>/``::
     metrics.jsonl    one JSON object per line, appended as training goes
     summary.json     final numbers
     figures/*.png    checkpoints/    report.json, report.md, report.html
+    .lock            locked (:meth:`RunDir.lock`) by the one process that writes the run
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -32,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 from lmlab.config import config_to_dict
 from lmlab.errors import LmlabError
+from lmlab.runs.guard import DirectoryLock, remove_temporaries
 from lmlab.runs.io import (
     _dumps,
+    append_lines,
     atomic_write_bytes,
     atomic_write_json,
     save_figure,
@@ -57,8 +60,8 @@ def _slug(text: str, what: str) -> str:
     return slug
 
 
-def _check_root(root: Path) -> None:
-    """Create ``root`` if needed and check that it is writable and has free space."""
+def _check_root(root: Path, need: int = MIN_FREE_BYTES) -> None:
+    """Create ``root`` if needed and check that it is writable and has ``need`` bytes free."""
     if root.exists() and not root.is_dir():
         raise LmlabError(f"the runs directory {root} is a file; choose a directory instead")
     try:
@@ -72,10 +75,10 @@ def _check_root(root: Path) -> None:
             "choose a writable directory"
         ) from None
     free = shutil.disk_usage(root).free
-    if free < MIN_FREE_BYTES:
+    if free < need:
         raise LmlabError(
             f"only {free / 1024**2:.0f} MB free on the disk holding {root}; "
-            f"free at least {MIN_FREE_BYTES // 1024**2} MB or choose another runs directory"
+            f"free at least {-(-need // 1024**2)} MB or choose another runs directory"
         )
 
 
@@ -104,6 +107,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
+        self._lock = DirectoryLock(self._path)
 
     @classmethod
     def create(cls, root: str | os.PathLike[str], study: str, name: str = "run") -> RunDir:
@@ -183,12 +187,41 @@ class RunDir:
         return cls(run_path)
 
     def check_writable(self) -> None:
-        """Check that the run directory can be written and its disk has 50 MB free.
+        """Check that the run directory can be written and its disk has room for one more copy
+        of its largest checkpoint (a checkpoint is replaced by writing the new one first), and
+        at least 50 MB.
 
         Raises:
             LmlabError: naming the directory and what to do.
         """
-        _check_root(self._path)
+        sizes = [p.stat().st_size for p in self.checkpoints_dir.rglob("*")
+                 if p.is_file() and not p.is_symlink()] if self.checkpoints_dir.is_dir() else []
+        _check_root(self._path, max([MIN_FREE_BYTES, *(s + s // 20 for s in sizes)]))
+
+    def lock(self) -> RunDir:
+        """Become the one process that writes this run directory, until :meth:`unlock` (or the
+        end of the process, however it ends).
+
+        Returns:
+            This run directory.
+
+        Raises:
+            LmlabError: Another lmlab process writes it (naming its pid).
+        """
+        self._lock.acquire()
+        return self
+
+    def unlock(self) -> None:
+        """Let another process write this run directory."""
+        self._lock.release()
+
+    def remove_temporaries(self) -> list[Path]:
+        """Remove the temporary files a process killed mid-write left here; call when locked.
+
+        Returns:
+            What was removed.
+        """
+        return remove_temporaries(self._path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self._path)!r})"
@@ -275,16 +308,19 @@ class RunDir:
         data = _read_json(path, "meta.json")
         return data if isinstance(data, dict) else {}
 
-    def update_meta(self, meta: Mapping[str, Any]) -> Path:
+    def update_meta(self, meta: Mapping[str, Any], drop: Iterable[str] = ()) -> Path:
         """Merge ``meta`` into ``meta.json`` (e.g. to add the duration at the end of a run).
 
         Args:
             meta: Keys to add or replace.
+            drop: Keys to remove (e.g. the error of an earlier session).
 
         Returns:
             The path of ``meta.json``.
         """
         merged = {**self.read_meta(), **dict(meta)}
+        for key in drop:
+            merged.pop(key, None)
         return atomic_write_json(self._path / "meta.json", merged)
 
     @property
@@ -304,20 +340,8 @@ class RunDir:
         if not batch:
             return
         payload = "".join(_dumps(dict(row), indent=None) + "\n" for row in batch).encode()
-        try:
-            with open(self.metrics_path, "a+b") as handle:
-                if handle.tell() > 0:
-                    handle.seek(-1, os.SEEK_END)
-                    if handle.read(1) != b"\n":
-                        payload = b"\n" + payload
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise LmlabError(
-                f"cannot append to {self.metrics_path} ({exc.strerror or exc}); "
-                "check that the run directory is writable and the disk is not full"
-            ) from None
+        append_lines(self.metrics_path, payload, hint="check that the run directory is "
+                     "writable and the disk is not full")
 
     def metrics_sink(self, **tags: Any) -> Callable[[Mapping[str, Any]], None]:
         """A callable that logs one row with ``tags`` added (e.g. ``optimizer="sgd"``).

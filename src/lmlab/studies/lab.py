@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.runs.guard import DirectoryLock
 from lmlab.runs.lab_index import LabEntry, write_index
 from lmlab.studies.registry import study_table
 
@@ -70,7 +71,6 @@ def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None 
     Returns the lab directory and one entry per study (its run directory or its error).
     """
     from lmlab.studies.registry import PRESETS
-    from lmlab.studies.runner import run_study
 
     if preset not in PRESETS:
         raise LmlabError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
@@ -91,6 +91,17 @@ def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None 
             print(f"lmlab: nothing to resume: no lab-* directory in {out}; starting a new lab",
                   file=sys.stderr)
     lab = lab or lab_dir_for(out)
+    with DirectoryLock(lab):  # one lab process per lab directory (each run locks its own)
+        return lab, _run_each(lab, names, preset, device, overrides, resume)
+
+
+def _run_each(lab: Path, names: Sequence[str], preset: str, device: str | None,
+              overrides: Mapping[str, Sequence[str]] | None,
+              resume: bool | str | Path) -> list[LabEntry]:
+    """Run the studies one after another into ``lab``, writing the index after each."""
+    from lmlab.studies.runner import run_study
+
+    infos = {s.name: s for s in study_table()}
     entries: list[LabEntry] = []
     for i, name in enumerate(names, 1):
         info = infos[name]
@@ -114,4 +125,4 @@ def run_all(preset: str = "quick", out: str | Path = "runs", device: str | None 
             raise
         entries.append(entry)
         write_index(lab, entries)
-    return lab, entries
+    return entries

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -16,14 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
+from lmlab.runs.io import atomic_write_json
 from lmlab.studies.registry import PRESETS, get_study
 
 if TYPE_CHECKING:
     from lmlab.runs import RunDir
 
 __all__ = ["build_config", "check_study", "find_resumable", "run_study"]
-
 
 def build_config(study: str, preset: str = "quick", overrides: Sequence[str] = (),
                  device: str | None = None, config_file: str | Path | None = None) -> Any:
@@ -56,19 +58,6 @@ def build_config(study: str, preset: str = "quick", overrides: Sequence[str] = (
     return apply_overrides(cfg, [*overrides, *extra])
 
 
-def _alive(pid: Any) -> bool:
-    """Whether process ``pid`` exists (a missing or non-positive pid: no)."""
-    try:
-        if int(pid) <= 0:
-            return False
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def find_resumable(out: str | Path, study: str, name: str) -> RunDir | None:
     """The newest run directory of ``study`` named ``name`` under ``out``, or None.
 
@@ -93,10 +82,8 @@ def find_resumable(out: str | Path, study: str, name: str) -> RunDir | None:
 
 def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
             name: str) -> RunDir | None:
-    """The run directory to continue, checked against ``cfg``; None to start a new one."""
-    import socket
-
-    from lmlab.config import config_diff, config_to_dict
+    """The run directory to continue, locked and checked against ``cfg``; None to start a new
+    one."""
     from lmlab.runs import RunDir
 
     if resume is True:
@@ -107,19 +94,27 @@ def _reopen(study: str, cfg: Any, resume: bool | str | Path, out: str | Path,
             return None
     else:
         run_dir = RunDir.open(str(resume))
+    run_dir.lock()  # before anything is read: another process may be writing it
+    try:
+        _check_resumable(run_dir, study, cfg)
+    except BaseException:
+        run_dir.unlock()
+        raise
+    return run_dir
+
+
+def _check_resumable(run_dir: RunDir, study: str, cfg: Any) -> None:
+    """``run_dir`` is a run of ``study`` with the config ``cfg``."""
+    from lmlab.config import config_diff, config_to_dict
+
     meta = run_dir.read_meta()
     if meta.get("study", study) != study:
         raise LmlabError(f"{run_dir.path} is a run of '{meta.get('study')}', not '{study}'")
-    if (meta.get("status") == "running" and meta.get("host") == socket.gethostname()
-            and _alive(meta.get("pid"))):
-        raise LmlabError(f"{run_dir.path} is still running (process {meta.get('pid')}); "
-                         "stop it first, or wait for it to finish")
     diff = config_diff(run_dir.read_config(), config_to_dict(cfg))
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise LmlabError(f"cannot resume {run_dir.path}: its config differs ({shown}); use the "
                          "same --preset and --set as the first command, or drop --resume")
-    return run_dir
 
 
 def _check_out(out: str | Path) -> None:
@@ -134,8 +129,9 @@ def _check_out(out: str | Path) -> None:
 
 
 def _open_run_dir(study: str, module: Any, cfg: Any, resume: bool | str | Path,
-                  out: str | Path, label: str) -> tuple[RunDir, dict[str, Any]]:
-    """The run directory to write (new, or the one to resume) and its previous meta."""
+                  out: str | Path, label: str) -> tuple[RunDir, dict[str, Any] | None]:
+    """The run directory to write, locked (new, or the one to resume), and its previous meta
+    (None for a new directory)."""
     from lmlab.runs import RunDir
 
     if resume:
@@ -143,15 +139,30 @@ def _open_run_dir(study: str, module: Any, cfg: Any, resume: bool | str | Path,
             raise LmlabError("--resume works in a single process; resume without torchrun")
         run_dir = _reopen(study, cfg, resume, out, label)
         if run_dir is not None:
-            return run_dir, run_dir.read_meta()
+            try:
+                return run_dir, run_dir.read_meta()
+            except BaseException:
+                run_dir.unlock()
+                raise
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 writes the run directory
-        scratch = tempfile.mkdtemp(prefix=f"lmlab-rank{os.environ['RANK']}-")
-        return RunDir.create(scratch, study, label), {}
-    return RunDir.create(out, study, label), {}
+        out = tempfile.mkdtemp(prefix=f"lmlab-rank{os.environ['RANK']}-")
+    run_dir = RunDir.create(out, study, label)
+    try:
+        return run_dir.lock(), None
+    except BaseException:
+        shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
 
 
 def _continue(run_dir: RunDir, study: str, module: Any) -> None:
-    """Announce a resumed run; a study without checkpoints starts again in its directory."""
+    """Announce a resumed run; a study without checkpoints starts again in its directory.
+
+    Temporary files of writes that a kill interrupted are removed first.
+    """
+    left = run_dir.remove_temporaries()
+    if left:
+        print(f"lmlab: removed {len(left)} temporary file(s) an interrupted write left in "
+              f"{run_dir.path}", file=sys.stderr)
     run_dir.check_writable()
     if getattr(module, "RESUMES", False):
         print(f"lmlab: resuming {run_dir.path}", file=sys.stderr)
@@ -180,27 +191,77 @@ def _start_meta(study: str, preset: str, cfg: Any, dev: Any,
     return meta
 
 
+def _error_line(exc: BaseException) -> str:
+    """The one line that ``meta.json`` keeps of a failure."""
+    if isinstance(exc, LmlabError):
+        return first_line(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _record_end(run_dir: RunDir, meta: dict[str, Any]) -> None:
+    """Record how a failed or interrupted run ended, as far as the disk allows.
+
+    The error that ended the run is the one the user sees: an error of this bookkeeping (the
+    disk that failed the run may fail ``meta.json`` too) is swallowed.
+    """
+    from lmlab.runs import render_report
+
+    try:
+        run_dir.update_meta(meta)
+    except Exception:  # noqa: BLE001 - the run's own error is the one to show; try once more
+        with contextlib.suppress(Exception):
+            try:
+                merged = {**run_dir.read_meta(), **meta}
+            except Exception:  # noqa: BLE001 - a corrupt meta.json: write what is known
+                merged = dict(meta)
+            atomic_write_json(run_dir.path / "meta.json", merged)
+    if (run_dir.path / "report.json").exists():  # the "What ran" section shows the end
+        with contextlib.suppress(Exception):
+            render_report(run_dir)
+
+
+def _start(run_dir: RunDir, meta: dict[str, Any], cfg: Any, resumed: bool) -> None:
+    """Write ``config.json`` and ``meta.json`` at the start of a run or a resumed session.
+
+    A new run directory that cannot get its config is removed again (it holds nothing yet).
+    """
+    try:
+        run_dir.save_config(cfg, meta=meta)
+    except BaseException as exc:
+        if resumed:
+            _record_end(run_dir, {"status": "failed", "error": _error_line(exc)})
+        else:
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
+
+
 def _execute(run_dir: RunDir, module: Any, cfg: Any, previous: dict[str, Any]) -> None:
-    """Run the study, publish its result, and record the final status and duration."""
+    """Run the study, publish its result, and record the final status and duration.
+
+    A run that fails records ``status: failed`` and the error's line in ``meta.json``.
+    """
     from lmlab.runs import render_report
     from lmlab.studies.pattern import publish
 
     start = time.perf_counter()
     before = float(previous.get("duration_s") or 0.0)
-    status = "failed"
+
+    def ended(status: str) -> dict[str, Any]:
+        return {"status": status, "duration_s": round(before + time.perf_counter() - start, 2)}
+
     try:
         result = module.run(cfg, run_dir)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 publishes
             publish(run_dir, module, result)
-        status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        run_dir.update_meta({"status": status,
-                             "duration_s": round(before + time.perf_counter() - start, 2)})
+        run_dir.update_meta(ended("finished"), drop=["error"])
         if (run_dir.path / "report.json").exists():  # the "What ran" section shows the end
             render_report(run_dir)
+    except KeyboardInterrupt:
+        _record_end(run_dir, ended("interrupted"))
+        raise
+    except BaseException as exc:
+        _record_end(run_dir, {**ended("failed"), "error": _error_line(exc)})
+        raise
 
 
 def check_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (),
@@ -215,11 +276,13 @@ def check_study(study: str, *, preset: str = "quick", overrides: Sequence[str] =
     >>> check_study("spectral", overrides=["max_n=100"])[0].max_n
     100
     """
-    from lmlab.runtime import resolve_device
+    from lmlab.runtime import check_seed, resolve_device
 
     module = get_study(study)
     cfg = cfg if cfg is not None else build_config(study, preset, overrides, device,
                                                    config_file)
+    if getattr(cfg, "seed", None) is not None:  # seeding happens after the directory exists
+        check_seed(cfg.seed)
     dev = resolve_device(getattr(cfg, "device", None))
     if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
         module.check(cfg)
@@ -244,6 +307,10 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     checkpoints; its config must equal ``cfg``. A finished run is returned as it is. Studies
     that keep no checkpoints (``RESUMES = False``) start again in that directory.
 
+    The run directory is locked for the whole run (:meth:`lmlab.runs.RunDir.lock`): a second
+    run or ``--resume`` of it, from any process, is refused while this one writes it. A run
+    that fails records ``status: failed`` and its error's line in ``meta.json``.
+
     A ready ``cfg`` (from :func:`build_config`) is used as it is: ``overrides``, ``device`` and
     ``config_file`` are then not applied, and ``preset`` only labels the run.
     """
@@ -253,14 +320,18 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     cfg, dev = check_study(study, preset=preset, overrides=overrides, out=out, device=device,
                            cfg=cfg, config_file=config_file)
     run_dir, previous = _open_run_dir(study, module, cfg, resume, out, name or preset)
-    if previous.get("status") == "finished":
-        print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
-              file=sys.stderr)
-        return run_dir
-    if previous:
-        _continue(run_dir, study, module)
-    run_dir.save_config(cfg, meta=_start_meta(study, preset, cfg, dev, previous))
-    if getattr(cfg, "seed", None) is not None:
-        seed_everything(int(cfg.seed))
-    _execute(run_dir, module, cfg, previous)
+    try:  # the run directory stays locked until the run ends
+        if previous is not None and previous.get("status") == "finished":
+            print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
+                  file=sys.stderr)
+            return run_dir
+        if previous is not None:
+            _continue(run_dir, study, module)
+        _start(run_dir, _start_meta(study, preset, cfg, dev, previous or {}), cfg,
+               resumed=previous is not None)
+        if getattr(cfg, "seed", None) is not None:
+            seed_everything(int(cfg.seed))
+        _execute(run_dir, module, cfg, previous or {})
+    finally:
+        run_dir.unlock()
     return run_dir

@@ -18,7 +18,6 @@ and are refused with a one-line error (delete them to start over).
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,28 @@ __all__ = ["CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "latest_chec
 CHECKPOINT_NAME = "last.pt"
 """The file name of a run's checkpoint in its checkpoint directory."""
 
+CHECKPOINT_HINT = ("make room on that disk (or make the directory writable), then run the same "
+                   "command with --resume to continue from the last checkpoint")
+"""What to do when a checkpoint cannot be written."""
+
 
 def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any],
                     name: str = CHECKPOINT_NAME) -> Path:
     """Write ``state`` to ``<directory>/<name>`` atomically and return the path.
 
+    The disk must have room for the whole file before it is written (its size is that of the
+    tensors in ``state``); the previous checkpoint stays intact until the new one is complete.
+
     Args:
         directory: The checkpoint directory (created if missing).
         state: Tensors and plain values, with a ``"step"``.
         name: The file name.
+
+    Raises:
+        LmlabError: The disk is full (or fills up), or the directory cannot be written; the
+            message names the file and says how to continue.
     """
-    return atomic_save_torch(Path(directory) / name, state)
+    return atomic_save_torch(Path(directory) / name, state, hint=CHECKPOINT_HINT)
 
 
 def latest_checkpoint(directory: str | os.PathLike[str],
@@ -66,19 +76,23 @@ def read_torch(path: str | os.PathLike[str], *, mmap: bool = False, what: str = 
     Raises:
         LmlabError: The file is missing, truncated, or holds more than tensors and plain values.
     """
+    import warnings
+
+    from lmlab._files import file_kind, regular_file, torch_file_error
+
+    file = Path(path)
+    if file_kind(file) == "missing":
+        raise LmlabError(f"no {what} at {path}")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise LmlabError(f"no {what} at {path}") from None
-    except Exception as e:  # noqa: BLE001 - zip, stream and unpickling errors of many kinds
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
-            raise LmlabError(f"cannot read {what} {path}: it holds objects other than tensors "
-                             f"and plain values (written by an older lmlab?); {advice}") from None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "weights_only" in str(e):  # torch's advice to unpickle anything: not ours to give
-            first = "not a torch file of tensors and plain values"
-        raise LmlabError(f"cannot read {what} {path}: {first}; it is corrupt — {advice}"
-                         ) from None
+        regular_file(file)
+    except LmlabError as e:
+        raise LmlabError(f"{e}; {advice}") from None
+    with warnings.catch_warnings():  # torch's pickle warnings are not the user's to read
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as e:  # noqa: BLE001 - zip, stream and unpickling errors of many kinds
+            raise torch_file_error(file, e, what=what, advice=advice) from None
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
