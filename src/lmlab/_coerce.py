@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from lmlab.runtime import MAX_SEED
+
 __all__ = [
     "MAX_SEED",
     "BadValue",
@@ -45,8 +47,6 @@ __all__ = [
     "unquote",
 ]
 
-MAX_SEED = 2**32 - 1
-"""The largest seed :func:`lmlab.runtime.seed_everything` accepts (NumPy's limit)."""
 
 _TRUE = frozenset({"true", "1", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "no", "n", "off"})

@@ -78,27 +78,38 @@ def regular_file(path: Path, *, allow_empty: bool = False,
     return path
 
 
-def torch_file_error(path: Path, exc: BaseException) -> LmlabError:
+def torch_file_error(path: Path, exc: BaseException, *, what: str = "",
+                     advice: str = "re-save it with torch.save(model.state_dict(), PATH)"
+                     ) -> LmlabError:
     """The one-line refusal of a torch file that ``torch.load(weights_only=True)`` rejected.
 
     torch's own message advises ``weights_only=False``, which would run the file's code: that
     advice is never passed on. A pickle that names a function (the way a file runs code) is
     said to hold Python objects other than tensors, naming the function.
 
-    >>> str(torch_file_error(Path("m.pt"), EOFError()))
+    Args:
+        path: the file.
+        exc: what ``torch.load`` raised.
+        what: what the file is (``checkpoint``), for the message.
+        advice: what to do about it.
+
+    >>> str(torch_file_error(Path("m.pt"), EOFError()))  # doctest: +ELLIPSIS
     'cannot read m.pt: EOFError; the file is corrupt, truncated or not a torch state dict'
+    >>> str(torch_file_error(Path("a.pt"), EOFError(), what="checkpoint",
+    ...                      advice="delete it"))  # doctest: +ELLIPSIS
+    'cannot read checkpoint a.pt: EOFError; the file is corrupt, ...; delete it'
     """
     text = str(exc)
-    resave = "re-save it with torch.save(model.state_dict(), PATH)"
-    if "weights_only" in text or "Weights only load failed" in text:
+    name = f"{what} {path}" if what else str(path)
+    if any(k in text for k in ("weights_only", "Weights only load failed", "Unsupported global")):
         called = re.search(r"GLOBAL ([\w.]+)", text)
         if called:
             return LmlabError(
-                f"{path} holds Python objects other than tensors (unpickling it would call "
-                f"{called.group(1)}); lmlab reads only tensors (state dicts) and runs no code "
-                f"from files; {resave}")
-        return LmlabError(
-            f"{path} is not a torch file of tensors: it holds Python objects other than "
-            f"tensors, or is corrupt; lmlab reads only tensors (state dicts); {resave}")
-    return LmlabError(f"cannot read {path}: {first_line(exc)}; the file is corrupt, truncated "
-                      "or not a torch state dict")
+                f"{name} holds Python objects other than tensors (unpickling it would call "
+                f"{called.group(1)}); lmlab reads only tensors and plain values and runs no "
+                f"code from files; {advice}")
+        return LmlabError(f"cannot read {name}: it is corrupt, or holds Python objects other "
+                          f"than tensors (lmlab reads only tensors and plain values); {advice}")
+    tail = f"; {advice}" if what else ""
+    return LmlabError(f"cannot read {name}: {first_line(exc)}; the file is corrupt, truncated "
+                      f"or not a torch state dict{tail}")

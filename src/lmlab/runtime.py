@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_ENV",
+    "MAX_SEED",
+    "check_seed",
     "cache_dir",
     "environment_info",
     "limit_threads",
@@ -40,7 +42,8 @@ __all__ = [
     "set_threads",
 ]
 
-_MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1
+"""The largest seed NumPy (and so :func:`seed_everything`) accepts; the smallest is 0."""
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
 
 #: The environment variable that moves lmlab's cache (models, data, theory, baselines).
@@ -81,6 +84,24 @@ def cache_dir(sub: str = "") -> Path:
     return root / part if sub else root
 
 
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int when :func:`seed_everything` takes it (NumPy integers too).
+
+    >>> check_seed(7)
+    7
+    """
+    import operator
+
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise LmlabError(f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}; "
+                         "set seed=N with N in that range")
+    return value
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch (CPU and every GPU).
 
@@ -95,8 +116,7 @@ def seed_everything(seed: int) -> None:
     >>> seed_everything(7); a == random.random()
     True
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-        raise LmlabError(f"seed must be an integer between 0 and {_MAX_SEED}, got {seed!r}")
+    seed = check_seed(seed)
     import numpy as np
     import torch
 

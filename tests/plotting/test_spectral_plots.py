@@ -46,7 +46,9 @@ def test_alpha_over_training_draws_the_mean() -> None:
         with torch.no_grad():
             model[0].weight.mul_(1.5)
         tracker.on_step_end(TrainState(step=step, model=model))
-    ax = plot_alpha_over_training(tracker.frame())
+    from lmlab.spectral.tracker import alpha_by_step
+
+    ax = plot_alpha_over_training(alpha_by_step(tracker.frame()))
     mean_line = [line for line in ax.get_lines() if line.get_label() == "mean α"][0]
     table = tracker.frame()
     expected = table.groupby("step")["alpha"].mean().tolist()

@@ -74,3 +74,18 @@ def test_report_redraws_from_the_saved_result(saved_llama: Path, tmp_path: Path)
     assert isinstance(back, result) and back.config.model == str(saved_llama)
     assert sorted(back.esds) and all(v.ndim == 1 for v in back.esds.values())
     assert_redraws(run, "spectral")
+
+
+def test_report_refuses_a_run_another_process_writes(saved_llama: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from lmlab.cli import main
+    from lmlab.runs import RunDir
+
+    run = run_study("spectral", overrides=[f"model={saved_llama}"], out=tmp_path / "runs")
+    holder = RunDir.open(run.path).lock()  # as a run still writing this directory would
+    try:
+        assert main(["report", str(run.path)]) == 2
+        assert "another lmlab process" in capsys.readouterr().err
+    finally:
+        holder.unlock()
+    assert main(["report", str(run.path)]) == 0

@@ -158,20 +158,20 @@ def plot_alpha_hist(df: pd.DataFrame, *, title: str = "α histogram",
     return ax
 
 
-def plot_alpha_over_training(tracked: pd.DataFrame, *, ax: Axes | None = None,
+def plot_alpha_over_training(trajectory: pd.DataFrame, *, ax: Axes | None = None,
                              max_layers: int = 30) -> Axes:
     """α per layer against the training step (thin lines) and their mean (thick line).
 
     Args:
-        tracked: a :class:`~lmlab.spectral.SpectralTracker` table (step, longname, alpha, ...).
-        max_layers: draw at most this many individual layers (the mean uses all).
+        trajectory: :func:`lmlab.spectral.tracker.alpha_by_step` of a tracker table (columns
+            ``step``, ``mean``, then one per layer).
+        max_layers: draw at most this many individual layers (the mean is over all).
     """
     ax = ax or new_axes()
-    ok = tracked[tracked["status"] == "success"]
-    wide: Any = ok.pivot_table(index="step", columns="longname", values="alpha")
-    for name in list(wide.columns)[:max_layers]:
-        ax.plot(wide.index, wide[name], lw=0.7, alpha=0.5)
-    ax.plot(wide.index, wide.mean(axis=1), color="black", lw=2.2, label="mean α")
+    layers = [c for c in trajectory.columns if c not in ("step", "mean")]
+    for name in layers[:max_layers]:
+        ax.plot(trajectory["step"], trajectory[name], lw=0.7, alpha=0.5)
+    ax.plot(trajectory["step"], trajectory["mean"], color="black", lw=2.2, label="mean α")
     ax.axhspan(2, 6, **_BAND)
     ax.set_xlabel("training step")
     ax.set_ylabel("α")

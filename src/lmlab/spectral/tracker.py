@@ -25,7 +25,7 @@ import pandas as pd
 from lmlab.spectral.analyze import analyze
 from lmlab.train.callbacks import Callback, TrainState
 
-__all__ = ["SpectralTracker", "TRACKED_COLUMNS"]
+__all__ = ["SpectralTracker", "TRACKED_COLUMNS", "alpha_by_step"]
 
 TRACKED_COLUMNS = ("layer_id", "longname", "layer_type", "alpha", "D", "xmin", "status")
 
@@ -131,3 +131,29 @@ def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in row.items():
         out[k] = v.item() if hasattr(v, "item") else (None if v is pd.NA else v)
     return out
+
+
+def alpha_by_step(tracked: pd.DataFrame) -> pd.DataFrame:
+    """α of every fitted layer at every tracked step, one row per step, and their mean.
+
+    Args:
+        tracked: a :class:`SpectralTracker` table (step, longname, alpha, status, ...).
+
+    Returns:
+        Columns ``step``, ``mean`` (over the layers fitted at that step), then one column per
+        layer, in name order.
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"step": [0, 0, 5, 5], "longname": ["a", "b", "a", "b"],
+    ...                   "alpha": [2.0, 4.0, 3.0, 5.0], "status": ["success"] * 4})
+    >>> alpha_by_step(t).values.tolist()
+    [[0.0, 3.0, 2.0, 4.0], [5.0, 4.0, 3.0, 5.0]]
+    """
+    import pandas as pd
+
+    ok = tracked[tracked["status"] == "success"]
+    if ok.empty:
+        return pd.DataFrame({"step": [], "mean": []})
+    wide = ok.pivot_table(index="step", columns="longname", values="alpha")
+    out = pd.DataFrame({"step": wide.index.astype(float), "mean": wide.mean(axis=1).to_numpy()})
+    return pd.concat([out, wide.reset_index(drop=True)], axis=1)

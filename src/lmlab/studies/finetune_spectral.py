@@ -166,6 +166,8 @@ class Result:
         pre: one row per layer before fine-tuning (weightwatcher's columns).
         post: the same after fine-tuning.
         tracked: α per layer at every tracked step (a ``SpectralTracker`` table).
+        trajectory: the same, one row per step, with the mean over layers
+            (:func:`lmlab.spectral.tracker.alpha_by_step`).
         delta: Δα per layer fitted before and after, in depth order (:func:`delta_alpha`).
         stages: one row per stage (pre-trained, fine-tuned): mean α, good layers, test loss,
             perplexity.
@@ -178,6 +180,7 @@ class Result:
     pre: pd.DataFrame
     post: pd.DataFrame
     tracked: pd.DataFrame
+    trajectory: pd.DataFrame
     delta: pd.DataFrame
     stages: pd.DataFrame
     history: list[dict[str, Any]]
@@ -257,6 +260,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.models.hf import load_causal_lm
     from lmlab.runtime import resolve_device
     from lmlab.spectral import SpectralTracker
+    from lmlab.spectral.tracker import alpha_by_step
     from lmlab.train import evaluate_lm, setup, train
     from lmlab.train.checkpoint import checkpoint_step
 
@@ -294,7 +298,8 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     run_dir.save_table("spectra_pre.csv", pre)
     run_dir.save_table("spectra_post.csv", post)
     run_dir.save_table("summary_table.csv", stages)
-    return Result(cfg, pre, post, tracker.frame(), delta_alpha(pre, post), stages,
+    tracked = tracker.frame()
+    return Result(cfg, pre, post, tracked, alpha_by_step(tracked), delta_alpha(pre, post), stages,
                   result.history, result.evals, summary)
 
 
@@ -410,7 +415,7 @@ def plot(result: Result) -> dict[str, Figure]:
         "delta_alpha": captioned(plot_delta_alpha(result.delta),
                                  "Δα per layer in depth order, coloured by matrix type."),
         "alpha_over_training": captioned(
-            plot_alpha_over_training(result.tracked),
+            plot_alpha_over_training(result.trajectory),
             "α per layer during training (thin) and their mean (thick)."),
         "loss": captioned(plot_loss_curves(result.history, result.evals),
                           "Training loss per step and test loss after each epoch."),

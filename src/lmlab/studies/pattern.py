@@ -206,6 +206,11 @@ def redraw(run_dir: Any) -> RunDir:
 
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
     module = _study_of(rd)
-    draw(rd, module, load_result(rd))
+    result = load_result(rd)
+    rd.lock()  # a run still being written (or redrawn) elsewhere is refused, not raced
+    try:
+        draw(rd, module, result)
+    finally:
+        rd.unlock()
     return rd
 
