@@ -149,3 +149,19 @@ def test_two_gloo_processes_match_one_process() -> None:
         losses, evals = out[rank]
         assert losses == pytest.approx([r["loss"] for r in single.history], rel=1e-5)
         assert evals == pytest.approx([e["loss"] for e in single.evals], rel=1e-5)
+
+
+class PoisonGradients(Callback):
+    """From step 3 on, one weight's gradient is NaN while the loss stays finite."""
+
+    def on_step_end(self, state) -> None:
+        if state.step == 3:
+            state.model.transformer.wte.weight.register_hook(lambda g: g * float("nan"))
+
+
+def test_nan_gradients_with_a_finite_loss_are_not_blamed_on_the_learning_rate() -> None:
+    with pytest.raises(LmlabError, match="gradient norm became nan at step 4 while the training "
+                                         "loss was finite") as err:
+        run_training(callbacks=[PoisonGradients()])
+    assert "learning rate will not help" in str(err.value)
+    assert "lower" not in str(err.value).split(":")[0]

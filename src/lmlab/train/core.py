@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from lmlab.errors import LmlabError
 from lmlab.train.checkpoint import load_checkpoint
 
 __all__ = ["Generator", "TrainParts", "rng_state", "restore_rng", "resume_from", "check_finite",
+           "check_finite_gradients",
            "check_finite_weights", "progress_bar"]
 
 Generator = np.random.Generator | torch.Generator
@@ -245,6 +246,31 @@ def check_finite(losses: torch.Tensor | float, step: int, *, names: Sequence[str
     who = f" of {names[member]}" if names else ""
     raise LmlabError(f"the training loss{who} became {float(table[member, offset])} at step "
                      f"{step + offset}{_kept(kept)}; {hint}")
+
+
+def check_finite_gradients(params: Iterable[torch.nn.Parameter], loss: float, step: int, *,
+                           kept: str | os.PathLike[str] | None = None) -> None:
+    """Stop training when the gradients are NaN or infinite while the loss is finite: a fault
+    of the model or the data, which a lower learning rate would not cure.
+
+    Raises:
+        LmlabError: naming the norm, the step and the finite loss.
+
+    >>> w = torch.nn.Parameter(torch.ones(2)); w.grad = torch.tensor([1.0, float("nan")])
+    >>> try:
+    ...     check_finite_gradients([w], 0.5, 3)
+    ... except LmlabError as e:
+    ...     print(str(e)[:73])
+    the gradient norm became nan at step 3 while the training loss was finite
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    if not math.isfinite(norm):
+        raise LmlabError(
+            f"the gradient norm became {norm} at step {step} while the training loss was "
+            f"finite ({loss:.4g}){_kept(kept)}: the model or the data give non-finite "
+            "gradients (a NaN or infinite weight or input, or an overflow); check them — a "
+            "lower learning rate will not help")
 
 
 def check_finite_weights(model: torch.nn.Module, step: int, *,

@@ -50,6 +50,7 @@ from lmlab.train.checkpoint import latest_checkpoint, save_checkpoint
 from lmlab.train.core import (
     TrainParts,
     check_finite,
+    check_finite_gradients,
     check_finite_weights,
     progress_bar,
     resume_from,
@@ -294,6 +295,7 @@ class _FineTune:
         (total_loss,) = all_reduce_sum([float(loss_sum.detach())], ctx)
         mean_loss = total_loss / max(n_global, 1.0)
         check_finite(mean_loss, self.step + 1, hint="try a lower train.lr", kept=self._kept())
+        check_finite_gradients(self.params, mean_loss, self.step + 1, kept=self._kept())
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         lr = self.parts.scheduler.get_last_lr()[0]
