@@ -254,7 +254,7 @@ def atomic_save_torch(path: str | os.PathLike[str], obj: Any, *, hint: str | Non
     >>> import tempfile, pathlib, torch
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     p = atomic_save_torch(pathlib.Path(tmp) / "w.pt", {"w": torch.ones(2)})
-    ...     torch.load(p)["w"].tolist()
+    ...     torch.load(p, weights_only=True)["w"].tolist()
     [1.0, 1.0]
     """
     import torch

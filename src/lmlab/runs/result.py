@@ -39,7 +39,7 @@ from typing import Any, TypeVar, get_args, get_origin
 from lmlab.errors import LmlabError, first_line
 from lmlab.runs.io import atomic_write_bytes, atomic_write_json, save_table
 
-__all__ = ["RESULT_DIR", "read_result", "result_exists", "save_result"]
+__all__ = ["RESULT_DIR", "read_result", "save_result"]
 
 RESULT_DIR = "result"
 _INDEX = "result.json"
@@ -49,11 +49,6 @@ T = TypeVar("T")
 
 def _root(run_dir: Any) -> Path:
     return Path(getattr(run_dir, "path", run_dir)).expanduser()
-
-
-def result_exists(run_dir: Any) -> bool:
-    """Whether ``run_dir`` holds a saved result (``result/result.json``)."""
-    return (_root(run_dir) / RESULT_DIR / _INDEX).is_file()
 
 
 def _file_stem(path: str) -> str:

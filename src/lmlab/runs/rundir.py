@@ -60,10 +60,26 @@ def _slug(text: str, what: str) -> str:
     return slug
 
 
+def check_runs_root(root: str | os.PathLike[str]) -> Path:
+    """``root`` can hold run directories: not a file, and writable where it exists or would
+    be created. Nothing is created (``lmlab run ... --check``).
+
+    >>> check_runs_root(tempfile.gettempdir()).is_dir()
+    True
+    """
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise LmlabError(f"the runs directory {path} is a file; choose a directory instead")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LmlabError(f"cannot write to {existing} (for the runs directory {path}); choose "
+                         "a writable directory")
+    return path
+
+
 def _check_root(root: Path, need: int = MIN_FREE_BYTES) -> None:
     """Create ``root`` if needed and check that it is writable and has ``need`` bytes free."""
-    if root.exists() and not root.is_dir():
-        raise LmlabError(f"the runs directory {root} is a file; choose a directory instead")
+    check_runs_root(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=root)

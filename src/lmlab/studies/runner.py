@@ -117,17 +117,6 @@ def _check_resumable(run_dir: RunDir, study: str, cfg: Any) -> None:
                          "same --preset and --set as the first command, or drop --resume")
 
 
-def _check_out(out: str | Path) -> None:
-    """``out`` can hold a new run directory (nothing is created)."""
-    path = Path(out).expanduser()
-    if path.exists() and not path.is_dir():
-        raise LmlabError(f"the runs directory {path} is a file; choose a directory instead")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LmlabError(f"cannot write to {existing} (for the runs directory {path}); choose "
-                         "a writable directory")
-
-
 def _open_run_dir(study: str, module: Any, cfg: Any, resume: bool | str | Path,
                   out: str | Path, label: str) -> tuple[RunDir, dict[str, Any] | None]:
     """The run directory to write, locked (new, or the one to resume), and its previous meta
@@ -276,6 +265,7 @@ def check_study(study: str, *, preset: str = "quick", overrides: Sequence[str] =
     >>> check_study("spectral", overrides=["max_n=100"])[0].max_n
     100
     """
+    from lmlab.runs.rundir import check_runs_root
     from lmlab.runtime import check_seed, resolve_device
 
     module = get_study(study)
@@ -286,7 +276,7 @@ def check_study(study: str, *, preset: str = "quick", overrides: Sequence[str] =
     dev = resolve_device(getattr(cfg, "device", None))
     if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
         module.check(cfg)
-    _check_out(out)
+    check_runs_root(out)
     return cfg, dev
 
 
