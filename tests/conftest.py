@@ -41,9 +41,8 @@ def family(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="session")
-def ww_analyze():
-    """weightwatcher's default analyze(), with its logging/warning side effects undone."""
+def _import_weightwatcher():
+    """weightwatcher, with the logging/warning side effects of its import undone."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     with warnings.catch_warnings():
@@ -52,10 +51,24 @@ def ww_analyze():
     root.setLevel(level)
     root.handlers[:] = handlers
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    return weightwatcher
 
-    def run(model: torch.nn.Module):
+
+@pytest.fixture(scope="session")
+def ww_module():
+    """The weightwatcher package itself (the reference in parity tests)."""
+    return _import_weightwatcher()
+
+
+@pytest.fixture(scope="session")
+def ww_analyze(ww_module):
+    """weightwatcher's ``analyze(**options)`` on a model (``base_model=`` goes to the
+    constructor), its printing swallowed."""
+
+    def run(model: torch.nn.Module, base_model: torch.nn.Module | None = None, **options):
         with contextlib.redirect_stdout(io.StringIO()):
-            return weightwatcher.WeightWatcher(model=model).analyze()
+            watcher = ww_module.WeightWatcher(model=model, base_model=base_model)
+            return watcher.analyze(**options)
 
     return run
 

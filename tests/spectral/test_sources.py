@@ -243,3 +243,43 @@ def test_a_pickle_of_other_objects_is_refused_without_torch_advice(tmp_path: Pat
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'w.pt'} holds Python objects other than tensors")
     assert "weights_only" not in message and "\n" not in message
+
+
+def _save_bin_shards(model: torch.nn.Module, directory: Path, n: int = 3) -> list[str]:
+    """The model as Hugging Face's legacy sharded checkpoint: pytorch_model-0000i-of-0000n.bin
+    files, their index, and config.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]  # as save_pretrained records it
+    model.config.save_pretrained(directory)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    keys = list(sd)
+    names, weight_map = [], {}
+    for i in range(n):
+        name = f"pytorch_model-{i + 1:05d}-of-{n:05d}.bin"
+        part = {k: sd[k] for k in keys[i::n]}
+        torch.save(part, directory / name)
+        weight_map.update(dict.fromkeys(part, name))
+        names.append(name)
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return names
+
+
+def test_sharded_pytorch_bin_directory_gives_the_in_memory_rows(tmp_path) -> None:
+    model = tiny_model("gpt2")
+    _save_bin_shards(model, tmp_path)
+    in_memory = analyze(model)
+    from_shards = analyze(tmp_path)
+    assert from_shards["layer_id"].tolist() == in_memory["layer_id"].tolist()
+    assert from_shards["longname"].tolist() == in_memory["longname"].tolist()
+    np.testing.assert_array_equal(from_shards["alpha"].to_numpy(float),
+                                  in_memory["alpha"].to_numpy(float))
+    (tmp_path / "pytorch_model.bin.index.json").unlink()  # without the index: every shard
+    assert analyze(tmp_path)["alpha"].tolist() == from_shards["alpha"].tolist()
+
+
+def test_bin_index_naming_a_missing_shard_is_refused(tmp_path) -> None:
+    names = _save_bin_shards(tiny_model("gpt2"), tmp_path)
+    (tmp_path / names[0]).unlink()
+    with pytest.raises(LmlabError, match="names shard\\(s\\) that are missing"):
+        analyze(tmp_path)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lmlab.spectral.powerlaw import PowerLawFit
 
 __all__ = ["plot_esd", "plot_alpha_by_layer", "plot_alpha_hist", "plot_alpha_over_training",
-           "new_axes", "figure_of", "short_layer_name"]
+           "plot_layer_panels", "new_axes", "figure_of", "short_layer_name"]
 
 _TYPE_COLORS = {"dense": "#1f77b4", "conv1d": "#ff7f0e", "embedding": "#2ca02c",
                 "conv2d": "#9467bd"}
@@ -178,3 +178,57 @@ def plot_alpha_over_training(trajectory: pd.DataFrame, *, ax: Axes | None = None
     ax.set_title("α per layer during training")
     ax.legend(frameon=False, fontsize=8)
     return ax
+
+
+def plot_layer_panels(evals: np.ndarray, row: dict[str, Any]) -> Axes:
+    """One layer's ESD in four panels, from its eigenvalues and its :func:`analyze` row.
+
+    Log-log ESD with the fitted tail; the linear ESD with xmin; the ESD of log10 λ with xmin and
+    xmax; and α and D against every candidate xmin (the weightwatcher power-law scan, so the
+    choice of xmin can be judged). Returns the first Axes (its figure holds all four).
+
+    >>> x = np.random.default_rng(0).pareto(2.0, 500) + 1
+    >>> ax = plot_layer_panels(x, {"layer_id": 3, "longname": "fc", "alpha": 3.0,
+    ...                             "xmin": 1.0, "xmax": float(x.max()), "status": "success"})
+    >>> len(figure_of(ax).axes)
+    5
+    """
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from lmlab.spectral.powerlaw import fit_power_law
+
+    fig = Figure(figsize=(11.0, 7.5), layout="constrained")
+    (a, b), (c, d) = fig.subplots(2, 2)
+    x = np.asarray(evals, dtype=float)
+    x = x[x > 0]
+    ok = row.get("status") == "success"
+    fit = SimpleNamespace(ok=ok, alpha=row.get("alpha"), xmin=row.get("xmin"),
+                          xmax=row.get("xmax"))
+    name = f"layer {row.get('layer_id')} {row.get('longname', '')}".strip()
+    plot_esd(x, fit if ok else None, title=f"{name}: log-log ESD", ax=a)  # type: ignore[arg-type]
+    b.hist(x, bins=100, density=True, color="#9ecae1")
+    c.hist(np.log10(x), bins=100, density=True, color="#9ecae1")
+    if ok:
+        b.axvline(fit.xmin, color="#d62728", label="xmin")
+        c.axvline(np.log10(fit.xmin), color="#d62728", label="xmin")
+        c.axvline(np.log10(fit.xmax), color="#ff7f0e", label="xmax")
+        b.legend(frameon=False, fontsize=8)
+        c.legend(frameon=False, fontsize=8)
+    b.set(title="linear ESD", xlabel="λ", ylabel="density")
+    c.set(title="ESD of log10 λ", xlabel="log10 λ", ylabel="density")
+    scan = fit_power_law(x, all_distances=True)
+    if scan.xmins.size:
+        d.plot(scan.xmins, scan.Ds, color="#1f77b4", label="D (KS distance)")
+        d.set_xscale("log")
+        d.set(xlabel="candidate xmin", ylabel="D", title="power-law scan over xmin")
+        twin = d.twinx()
+        twin.plot(scan.xmins, scan.alphas, color="#2ca02c", lw=0.8, label="α")
+        twin.set_ylabel("α")
+        twin.set_ylim(0, min(20.0, float(np.nanmax(scan.alphas)) + 1))
+        if ok:
+            d.axvline(fit.xmin, color="#d62728", lw=1)
+        d.legend(frameon=False, fontsize=8, loc="upper left")
+        twin.legend(frameon=False, fontsize=8, loc="upper right")
+    return a

@@ -31,24 +31,29 @@ same ``layer_id`` and the same numbers in every one of its columns — and adds:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+import dataclasses
+import difflib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from lmlab.errors import LmlabError
-from lmlab.spectral.esd import Method, Precision, Spectrum, matrices_of, spectrum_of
-from lmlab.spectral.powerlaw import EVALS_THRESH, PowerLawFit, fit_power_law
+from lmlab.spectral.extras import extra_column_names
+from lmlab.spectral.layer import base_row, dims_of, layer_row
+from lmlab.spectral.options import NOT_SUPPORTED, AnalyzeOptions, check_options
 from lmlab.spectral.sources import LayerRef, describe_source, iter_layers
 
-__all__ = ["analyze", "summarize", "layer_spectra", "check_layer_names", "WW_COLUMNS",
-           "LMLAB_COLUMNS", "LAYER_TYPES", "FitMode"]
+__all__ = ["analyze", "summarize", "layer_spectra", "check_layer_names", "options_from",
+           "select_layers", "shifted_ids",
+           "split_filters", "columns_for",
+           "WW_COLUMNS", "LMLAB_COLUMNS", "LAYER_TYPES", "FitMode"]
 
 FitMode = Literal["ww", "xmin_peak"]
 
-#: weightwatcher 0.7.7's default analyze() columns, in its order.
+#: weightwatcher 0.7.7's default analyze() columns, in its order (``layer_id``, ``name``, then
+#: alphabetical, as its table comes out; the columns of further options are sorted in likewise).
 WW_COLUMNS: tuple[str, ...] = (
     "layer_id", "name", "D", "M", "N", "Q", "alpha", "alpha_weighted", "entropy", "has_esd",
     "lambda_max", "layer_type", "log_alpha_norm", "log_norm", "log_spectral_norm", "longname",
@@ -60,151 +65,68 @@ WW_COLUMNS: tuple[str, ...] = (
 LMLAB_COLUMNS: tuple[str, ...] = ("reason", "fit_mode")
 
 _INT_COLUMNS = ("layer_id", "M", "N", "rf", "matrix_rank", "num_evals", "num_pl_spikes",
-                "rank_loss", "weak_rank_loss")
-_WEAK_RANK_TOL = 1e-6
-_EPSILON = 1e-10
-OVER_TRAINED, UNDER_TRAINED = 2.0, 6.0
+                "rank_loss", "weak_rank_loss", "num_fingers", "num_spikes", "rand_num_spikes",
+                "num_traps")
 
 
-# ----------------------------------------------------------------------------- per layer
+def columns_for(opts: AnalyzeOptions) -> tuple[str, ...]:
+    """The table's columns for these options: weightwatcher's (its order), then lmlab's."""
+    ww = sorted(set(WW_COLUMNS[2:]) | set(extra_column_names(opts)))
+    return ("layer_id", "name", *ww, *LMLAB_COLUMNS)
 
 
-def _dims(ref: LayerRef) -> tuple[int, int, int]:
-    """(N, M, rf) from the weight shape alone, before loading it."""
-    shape = ref.shape
-    if ref.layer_type == "conv2d" and len(shape) == 4:
-        n, m, kh, kw = shape
-        if n + m >= kh + kw:
-            return max(n, m), min(n, m), kh * kw
-        return max(kh, kw), min(kh, kw), n * m
-    if len(shape) != 2:
-        return 0, 0, 1
-    return max(shape), min(shape), 1
+_FIELDS = {f.name for f in dataclasses.fields(AnalyzeOptions)}
 
 
-def _skip_reason(N: int, M: int, rf: int, ref: LayerRef, min_evals: int, max_evals: int,
-                 max_N: int | None) -> str:
-    if ref.layer_type != "conv2d" and len(ref.shape) != 2:
-        return f"unsupported weight shape {ref.shape} for a {ref.layer_type} layer"
-    if min_evals and M * rf < min_evals:
-        return f"too small: {M * rf} eigenvalues < min_evals {min_evals}"
-    if max_evals and M * rf > max_evals:
-        return f"too large: {M * rf} eigenvalues > max_evals {max_evals}"
-    if max_N is not None and N > max_N:
-        return f"N = {N} > max_N {max_N} (weightwatcher's rule; lift it with max_N=None)"
-    return ""
+def options_from(**kwargs: Any) -> AnalyzeOptions:
+    """An :class:`AnalyzeOptions` from weightwatcher-style keywords, checked.
 
+    Accepts weightwatcher's spellings (``ERG`` for ``detX``, ``svd_method``, ``pl_package``,
+    ``xmax="force"``, ``fit_mode``, ``max_n``): ``svd_method`` and ``pl_package`` pick among
+    routes that give the same numbers in weightwatcher, and lmlab has one route for each
+    (``method`` chooses lmlab's); ``xmax="force"`` ends the fit at λmax, where every lmlab
+    fit ends. Refuses an unknown keyword with the nearest valid ones, and an option lmlab
+    leaves out with the reason.
 
-def _base_row(ref: LayerRef, N: int, M: int, rf: int, fit_mode: str) -> dict[str, Any]:
-    row: dict[str, Any] = {c: np.nan for c in WW_COLUMNS}
-    row.update(
-        layer_id=ref.layer_id, name=ref.name, longname=ref.longname, layer_type=ref.layer_type,
-        N=N, M=M, rf=rf, Q=(N / M if M > 0 else -1.0), has_esd=False, warning="",
-        reason="", fit_mode=fit_mode,
-    )
-    return row
-
-
-def _matrix_entropy(sv: np.ndarray, rank: int) -> float:
-    evals = sv * sv
-    p = evals / np.sum(evals) + _EPSILON
-    return float(-np.sum(p * np.log(p)) / np.log(rank + _EPSILON))
-
-
-def _metrics(spec: Spectrum, fit: PowerLawFit, N: int) -> dict[str, Any]:
-    """weightwatcher's ESD, fit and norm columns for one layer."""
-    evals = spec.evals
-    norm = float(np.sum(evals))
-    spectral_norm = float(np.max(evals))
-    sv = np.sqrt(evals)
-    rank = int(np.count_nonzero(sv > np.max(sv) * N * np.finfo(sv.dtype).eps))
-    out: dict[str, Any] = dict(
-        has_esd=True, num_evals=len(evals), sv_max=spec.sv_max, sv_min=spec.sv_min,
-        rank_loss=spec.rank_loss, weak_rank_loss=int(np.count_nonzero(evals < _WEAK_RANK_TOL)),
-        lambda_max=spectral_norm, norm=norm, log_norm=math.log10(norm),
-        spectral_norm=spectral_norm, log_spectral_norm=math.log10(spectral_norm),
-        stable_rank=norm / spectral_norm, matrix_rank=rank, entropy=_matrix_entropy(sv, rank),
-    )
-    if fit.ok:
-        alpha = fit.alpha
-        with np.errstate(over="ignore", divide="ignore"):
-            log_alpha_norm = float(np.log10(np.sum(evals**alpha)))
-        out.update(
-            alpha=alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma,
-            num_pl_spikes=int(np.count_nonzero(evals >= fit.xmin)),
-            alpha_weighted=alpha * out["log_spectral_norm"], log_alpha_norm=log_alpha_norm,
-            status="success",
-            warning=("over-trained" if alpha < OVER_TRAINED
-                     else "under-trained" if alpha > UNDER_TRAINED else ""),
-        )
-    else:
-        out.update(status="failed", reason=f"power-law fit failed: {fit.reason}")
-    return out
-
-
-def _xmin_range(evals: np.ndarray, fit_mode: FitMode) -> tuple[float, float] | None:
-    """The xmin search range of a fit mode (None: weightwatcher's, unrestricted)."""
-    if fit_mode == "ww":
-        return None
-    nz = evals[evals > EVALS_THRESH]
-    if nz.size < 2:
-        return None
-    counts, edges = np.histogram(np.log10(nz), bins=100)
-    peak = 10 ** edges[int(np.argmax(counts))]
-    return 0.95 * peak, 1.5 * peak
-
-
-def _to_numpy(tensor: Any) -> np.ndarray:
-    """float32 (complex64 for complex weights: the imaginary part is kept, never dropped)."""
-    import torch
-
-    t = tensor.detach().to("cpu")
-    if t.is_complex():
-        return t.to(torch.complex64).numpy()
-    return t.float().numpy()
-
-
-def _energy(flat: np.ndarray) -> float:
-    """Σ|w|² in one pass (NaN/Inf propagate; zero means an all-zero matrix)."""
-    if np.iscomplexobj(flat):
-        return float(np.vdot(flat, flat).real)
-    return float(np.dot(flat, flat))
-
-
-def _layer_row(ref: LayerRef, *, min_evals: int, max_evals: int, max_N: int | None,
-               method: Method, precision: Precision, fit_mode: FitMode,
-               backend: str, device: Any) -> tuple[dict[str, Any], np.ndarray | None]:
-    N, M, rf = _dims(ref)
-    row = _base_row(ref, N, M, rf, fit_mode)
-    reason = _skip_reason(N, M, rf, ref, min_evals, max_evals, max_N)
-    if reason:
-        row.update(status="skipped", reason=reason)
-        return row, None
-    W = _to_numpy(ref.load())
-    flat = W.ravel()
-    energy = _energy(flat)
-    if not math.isfinite(energy):
-        bad = int(flat.size - np.count_nonzero(np.isfinite(flat)))
-        if bad:
-            row.update(status="failed", reason=f"weights contain {bad} NaN/Inf values")
-            return row, None
-    elif energy == 0.0:
-        row.update(status="failed", reason="all-zero weight matrix")
-        return row, None
-    mats, N, M, rf = matrices_of(W, ref.layer_type)
-    scale = math.sqrt(0.5) if ref.layer_type == "conv2d" else 1.0
-    if backend == "torch":
-        from lmlab.spectral.esd_torch import spectrum_of_torch
-
-        spec = spectrum_of_torch(mats, N=N, scale=scale, precision=precision, device=device)
-    else:
-        spec = spectrum_of(mats, N=N, scale=scale, method=method, precision=precision)
-    fit = fit_power_law(spec.evals, xmin_range=_xmin_range(spec.evals, fit_mode))
-    row.update(_metrics(spec, fit, N))
-    return row, spec.evals
-
-
-# ----------------------------------------------------------------------------- public API
+    >>> options_from(ERG=True, fit="TPL").detX
+    True
+    """
+    kw = dict(kwargs)
+    if kw.pop("ERG", False):
+        kw["detX"] = True
+    if "max_n" in kw:
+        kw["max_N"] = kw.pop("max_n")
+    fit_mode = kw.pop("fit_mode", None)
+    if fit_mode not in (None, "ww", "xmin_peak"):
+        raise LmlabError(f"fit_mode = {fit_mode!r} is not one of 'ww', 'xmin_peak'")
+    if fit_mode == "xmin_peak":
+        kw.setdefault("fix_fingers", "xmin_peak")
+    svd_method = kw.pop("svd_method", None)
+    if svd_method not in (None, "fast", "accurate"):
+        raise LmlabError(f"svd_method = {svd_method!r} is not one of 'fast', 'accurate'")
+    if kw.get("xmax") is False or kw.get("xmax") == "force":
+        kw["xmax"] = None  # every lmlab fit ends at the largest eigenvalue already
+    if kw.get("fix_fingers") is False:
+        kw["fix_fingers"] = None
+    for key in list(kw):
+        default = True if key == "pool" else None
+        if key in NOT_SUPPORTED and (kw[key] is default or kw[key] is False and key != "pool"):
+            kw.pop(key)  # the value weightwatcher uses by default: nothing to refuse
+    for key in kw:
+        if key in ("plot", "savefig"):
+            raise LmlabError(f"{key}: per-layer figures are drawn by "
+                             "lmlab.spectral.WeightWatcher(model).analyze(plot=True, "
+                             "savefig=DIR), or lmlab.plotting.spectral.plot_layer_panels")
+        if key in NOT_SUPPORTED:
+            raise LmlabError(f"option {key}={kw[key]!r} is not offered: {NOT_SUPPORTED[key]}")
+        if key not in _FIELDS:
+            near = difflib.get_close_matches(key, sorted(_FIELDS), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise LmlabError(f"unknown analyze option {key!r}{hint} (lmlab spectral options "
+                             "lists them all)")
+    opts = AnalyzeOptions(**kw)
+    check_options(opts)
+    return opts
 
 
 LAYER_TYPES: tuple[str, ...] = ("dense", "conv1d", "conv2d", "embedding")
@@ -213,6 +135,15 @@ LAYER_TYPES: tuple[str, ...] = ("dense", "conv1d", "conv2d", "embedding")
 def _names_of(ref: Any, *, types: bool = True) -> set[str]:
     names = {str(ref.layer_id), ref.name, ref.longname}
     return names | {ref.layer_type} if types else names
+
+
+def _matches(ref: Any, entry: int | str) -> bool:
+    """An integer names a layer id only (as in weightwatcher: a ``Sequential``'s layer ``2``
+    is its layer_id 2, not the module named "2"); a string names an id, name, longname or
+    type."""
+    if isinstance(entry, int | np.integer) and not isinstance(entry, bool):
+        return int(ref.layer_id) == int(entry)
+    return str(entry) in _names_of(ref)
 
 
 def check_layer_names(wanted: Iterable[int | str], refs: Sequence[Any], *,
@@ -240,11 +171,15 @@ def check_layer_names(wanted: Iterable[int | str], refs: Sequence[Any], *,
     layers: no layer is named '4'; valid ids: 1, 3; nearest names: 0, 2
     """
     known: set[str] = set(LAYER_TYPES) if types else set()
+    ids = {int(ref.layer_id) for ref in refs}
     for ref in refs:
         known |= _names_of(ref, types=types)
     for entry in wanted:
         key = str(entry)
-        if key in known:
+        if isinstance(entry, int | np.integer) and not isinstance(entry, bool):
+            if int(entry) in ids:
+                continue
+        elif key in known:
             continue
         raise LmlabError(f"{setting}: no layer is named {key!r}; {_nearest(key, refs)} (a "
                          "layer is named by its id, name or longname"
@@ -253,8 +188,6 @@ def check_layer_names(wanted: Iterable[int | str], refs: Sequence[Any], *,
 
 def _nearest(key: str, refs: Sequence[Any]) -> str:
     """A few valid names close to ``key`` (the first layers when none is close)."""
-    import difflib
-
     if not refs:
         return "the source has no weight layers"
     longnames = list(dict.fromkeys(r.longname for r in refs))
@@ -267,19 +200,50 @@ def _nearest(key: str, refs: Sequence[Any]) -> str:
     return f"{ids}nearest names: {', '.join(near)}"
 
 
-def _select(refs: list[LayerRef], layers: Sequence[int | str] | None) -> list[LayerRef]:
-    """Keep layers by id, name, longname or type (``dense``, ``conv1d``, ...); an entry that
-    names no layer is refused."""
+def split_filters(layers: Sequence[int | str]) -> tuple[list[int | str], list[int | str]]:
+    """(kept, excluded) ids and names: a negative id or a ``-name`` excludes (weightwatcher's
+    rule)."""
+    keep: list[int | str] = []
+    drop: list[int | str] = []
+    for entry in layers:
+        if isinstance(entry, bool):
+            raise LmlabError(f"layers: {entry!r} is not a layer id, name or type")
+        if isinstance(entry, int | np.integer):
+            (drop if entry < 0 else keep).append(abs(int(entry)))
+        elif isinstance(entry, str) and entry.startswith("-") and len(entry) > 1:
+            drop.append(entry[1:])
+        else:
+            keep.append(str(entry))
+    if keep and drop:
+        raise LmlabError("layers: give layers to keep or layers to leave out (negative ids or "
+                         "'-name'), not both")
+    return keep, drop
+
+
+def select_layers(refs: list[LayerRef], layers: Sequence[int | str] | None) -> list[LayerRef]:
+    """Keep layers by id, name, longname or type (``dense``, ``conv1d``, ...), or leave out
+    those given as a negative id or ``-name``; an entry that names no layer is refused."""
     if not layers:
         return refs
-    check_layer_names(layers, refs)
-    wanted = {str(x) for x in layers}
-    return [r for r in refs if _names_of(r) & wanted]
+    if isinstance(layers, str | int):
+        layers = [layers]
+    keep, drop = split_filters(layers)
+    check_layer_names(keep or drop, refs)
+    if keep:
+        return [r for r in refs if any(_matches(r, e) for e in keep)]
+    return [r for r in refs if not any(_matches(r, e) for e in drop)]
 
 
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame.from_records(rows, columns=[*WW_COLUMNS, *LMLAB_COLUMNS])
+def shifted_ids(refs: Iterable[LayerRef], start_ids: int) -> Iterator[LayerRef]:
+    for ref in refs:
+        yield dataclasses.replace(ref, layer_id=ref.layer_id + start_ids) if start_ids else ref
+
+
+def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(rows, columns=list(columns))
     for col in _INT_COLUMNS:
+        if col not in df.columns:
+            continue
         if col in ("layer_id", "M", "N", "rf"):
             df[col] = df[col].astype("int64")
         else:
@@ -288,27 +252,34 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
-def _iter_rows(source: Any, *, layers: Sequence[int | str] | None, min_evals: int,
-               max_evals: int, max_N: int | None, method: Method, precision: Precision,
-               fit_mode: FitMode, device: Any, progress: bool | None,
-               keep_esds: bool) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+def _iter_rows(source: Any, opts: AnalyzeOptions, *, layers: Sequence[int | str] | None,
+               base_model: Any, device: Any, progress: bool | None, keep_esds: bool,
+               ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     import sys
 
     import torch
     from tqdm.auto import tqdm
 
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    backend = "torch" if dev.type != "cpu" else "numpy"
-    refs = _select(list(iter_layers(source)), layers)
+    from lmlab.spectral.pairing import delta_layers
+
+    dev = torch.device(device) if device is not None else None
+    refs_in: Iterable[LayerRef] = shifted_ids(iter_layers(source), opts.start_ids)
+    refs = select_layers(list(refs_in), layers)
+    missing: dict[int, str] = {}
+    if base_model is not None:
+        refs, missing = delta_layers(refs, shifted_ids(iter_layers(base_model), opts.start_ids))
+    columns = columns_for(opts)
     show = sys.stderr.isatty() if progress is None else progress
     rows, esds = [], {}
     bar = tqdm(refs, desc="spectra", unit="layer", disable=not show, leave=False)
     for ref in bar:
         bar.set_postfix_str(ref.longname[-40:], refresh=False)
-        row, evals = _layer_row(
-            ref, min_evals=min_evals, max_evals=max_evals, max_N=max_N, method=method,
-            precision=precision, fit_mode=fit_mode, backend=backend, device=dev,
-        )
+        if ref.layer_id in missing:
+            row = base_row(ref, *dims_of(ref), opts, columns)
+            row.update(status="skipped", reason=missing[ref.layer_id])
+            rows.append(row)
+            continue
+        row, evals = layer_row(ref, opts, columns=columns, device=dev)
         rows.append(row)
         if keep_esds and evals is not None:
             esds[ref.layer_id] = evals
@@ -318,16 +289,13 @@ def _iter_rows(source: Any, *, layers: Sequence[int | str] | None, min_evals: in
 def analyze(
     model_or_path: Any,
     *,
-    layers: Sequence[int | str] | None = None,
-    min_evals: int = 8,
-    max_evals: int = 15000,
-    max_N: int | None = 50000,
-    method: Method = "eigh",
-    precision: Precision = "float64",
-    fit_mode: FitMode = "ww",
+    layers: Sequence[int | str] | int | str | None = None,
+    base_model: Any = None,
     device: Any = None,
     threads: int | None = None,
     progress: bool | None = None,
+    options: AnalyzeOptions | None = None,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Analyse every weight matrix of a model: one row per layer.
 
@@ -335,60 +303,68 @@ def analyze(
         model_or_path: a ``torch.nn.Module`` (Hugging Face models included), a state dict, or a
             path to a ``.safetensors`` / ``.pt`` file or a (sharded) model directory; files are
             streamed tensor by tensor.
-        layers: keep only these layers (ids, names, longnames or types); default all.
-        min_evals, max_evals: weightwatcher's size rules on the number of eigenvalues (M·rf).
-        max_N: skip matrices whose larger side exceeds this (weightwatcher: 50000, which skips
-            GPT-2's ``wte``); ``None`` lifts the rule.
-        method: ``"eigh"`` (Gram matrix, fast, the default) or ``"svd"``.
-        precision: ``"float64"`` (weightwatcher parity) or ``"float32"`` (fast mode).
-        fit_mode: ``"ww"`` (every eigenvalue a candidate xmin: weightwatcher's choice) or
-            ``"xmin_peak"`` (xmin searched within [0.95, 1.5]× the peak of the log-ESD, a guard
-            against spuriously large α from "fingers"). Recorded in the ``fit_mode`` column.
+        layers: keep only these layers (ids, names, longnames or types), or leave out those
+            given as negative ids or ``"-name"``; default all.
+        base_model: analyse W − W_base, layer by layer (a fine-tune against its base; any
+            source ``model_or_path`` accepts). Layers are paired by longname; a layer the base
+            lacks is listed as skipped; a shape mismatch is refused.
         device: where to compute (``"cuda"`` uses the torch backend); default CPU.
         threads: BLAS/torch threads for this call (restored afterwards); default unchanged.
         progress: show a progress bar (default: when stderr is a terminal).
+        options: an :class:`~lmlab.spectral.options.AnalyzeOptions`, or give its fields as
+            keywords — weightwatcher's names: ``min_evals``, ``max_evals``, ``max_N``,
+            ``fit`` (``PL``/``TPL``/``E_TPL``), ``fix_fingers``, ``xmin_max``, ``max_fingers``,
+            ``finger_thresh``, ``xmax``, ``randomize``, ``mp_fit``, ``vectors``, ``detX``
+            (``ERG``), ``inverse``, ``glorot_fix``, ``conv2d_norm``, ``tolerance``,
+            ``start_ids``; lmlab's: ``method`` (``eigh``/``svd``), ``precision``
+            (``float64``/``float32``), ``seed`` (for ``randomize``), ``fit_mode``
+            (``xmin_peak`` = ``fix_fingers="xmin_peak"``).
 
     Returns:
-        A DataFrame with weightwatcher's columns (:data:`WW_COLUMNS`, same order) followed by
-        :data:`LMLAB_COLUMNS`.
+        A DataFrame with weightwatcher's columns (:data:`WW_COLUMNS` and those of the options
+        given, in its order) followed by :data:`LMLAB_COLUMNS`.
 
     Raises:
-        LmlabError: bad path, corrupt or unsafe file, a ``layers`` entry that names no layer,
-            or no weight matrices at all.
+        LmlabError: bad path, corrupt or unsafe file, an invalid option, a ``layers`` entry
+            that names no layer, a base model that does not match, or no weight matrices.
     """
     from lmlab.runtime import limit_threads
 
+    opts = options if options is not None else options_from(**kwargs)
+    if options is not None:
+        if kwargs:
+            raise LmlabError("give either options= or option keywords, not both")
+        check_options(opts)
+    if isinstance(layers, str | int):
+        layers = [layers]
     with limit_threads(threads):
-        rows, _ = _iter_rows(
-            model_or_path, layers=layers, min_evals=min_evals, max_evals=max_evals, max_N=max_N,
-            method=method, precision=precision, fit_mode=fit_mode, device=device,
-            progress=progress, keep_esds=False,
-        )
+        rows, _ = _iter_rows(model_or_path, opts, layers=layers, base_model=base_model,
+                             device=device, progress=progress, keep_esds=False)
     if not rows:
         what = describe_source(model_or_path)
-        detail = f" matching layers={list(layers)}" if layers else ""
+        detail = f" matching layers={layers!r}" if layers else ""
         raise LmlabError(
             f"no weight matrices{detail} found in {what}: expected Linear, Conv1D, Conv2d or "
             "Embedding layers (or 2-D '*.weight' tensors in a file)"
         )
-    return _frame(rows)
+    return _frame(rows, columns_for(opts))
 
 
-def layer_spectra(model_or_path: Any, layers: Sequence[int | str], **kwargs: Any
+def layer_spectra(model_or_path: Any, layers: Sequence[int | str], *,
+                  base_model: Any = None, device: Any = None,
+                  options: AnalyzeOptions | None = None, **kwargs: Any
                   ) -> dict[int, np.ndarray]:
-    """Eigenvalues of chosen layers, keyed by ``layer_id`` (for ESD plots).
+    """Eigenvalues of chosen layers, keyed by ``layer_id`` (for ESD plots); options as
+    :func:`analyze`'s.
 
     >>> import torch
     >>> evals = layer_spectra(torch.nn.Linear(16, 32), [0])[0]
     >>> evals.shape
     (16,)
     """
-    defaults: dict[str, Any] = dict(
-        min_evals=8, max_evals=15000, max_N=50000, method="eigh", precision="float64",
-        fit_mode="ww", device=None, progress=False,
-    )
-    defaults.update(kwargs)
-    _, esds = _iter_rows(model_or_path, layers=layers, keep_esds=True, **defaults)
+    opts = options if options is not None else options_from(**kwargs)
+    _, esds = _iter_rows(model_or_path, opts, layers=layers, base_model=base_model,
+                         device=device, progress=False, keep_esds=True)
     return esds
 
 

@@ -39,9 +39,10 @@ from lmlab._files import regular_file, torch_file_error
 from lmlab.errors import LmlabError, first_line
 
 __all__ = ["LayerRef", "check_weights", "describe_source", "iter_layers", "layer_type_of",
-           "regular_file", "torch_file_error"]
+           "regular_file", "torch_file_error", "torch_load"]
 
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
+_BIN_INDEX = "pytorch_model.bin.index.json"
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -161,9 +162,10 @@ def _safetensors_store(files: list[Path]) -> _TensorStore:
 
 
 def _read_index(index: Path) -> dict[str, str]:
-    """The ``weight_map`` (tensor name -> shard file name) of a safetensors index, checked."""
+    """The ``weight_map`` (tensor name -> shard file name) of a shard index, checked."""
     regular_file(index, allow_empty=True)
-    hint = "re-save the model, or delete the index to read every *.safetensors file"
+    shards = "*.safetensors" if index.name == _SAFETENSORS_INDEX else "pytorch_model-*.bin"
+    hint = f"re-save the model, or delete the index to read every {shards} file"
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except (ValueError, OSError) as e:
@@ -232,7 +234,7 @@ def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
     raise LmlabError(f"{path} holds no state dict of tensors (found {type(obj).__name__})")
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` memory-mapped (plain for the legacy format), quiet."""
     with warnings.catch_warnings():  # torch's pickle-protocol warnings are not the user's
         warnings.simplefilter("ignore")
@@ -245,14 +247,51 @@ def _torch_load(path: Path) -> Any:
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
-def _torch_store(path: Path) -> _TensorStore:
+def _torch_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    """The tensors of a ``.pt``/``.bin`` file (memory-mapped where the format allows)."""
     regular_file(path)
     try:
-        obj = _torch_load(path)
+        obj = torch_load(path)
     except Exception as e:  # noqa: BLE001 - zip, stream and unpickling errors of many kinds
         raise torch_file_error(path, e) from None
-    sd = _unwrap_state_dict(obj, path)
+    return _unwrap_state_dict(obj, path)
+
+
+def _torch_store(path: Path) -> _TensorStore:
+    sd = _torch_state_dict(path)
     return _TensorStore({k: tuple(v.shape) for k, v in sd.items()}, lambda k: sd[k])
+
+
+def _torch_shards_store(directory: Path, index: Path | None) -> _TensorStore:
+    """Sharded ``pytorch_model-*.bin`` files: as their index says, or (without one) every
+    shard, a name held by two shards refused. Shards are memory-mapped, not read."""
+    weight_map = _read_index(index) if index is not None else None
+    if weight_map is not None:
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            raise LmlabError(f"the shard index {index} names shard(s) that are missing: "
+                             f"{', '.join(missing)}; download them again or fix the index")
+        files = [directory / s for s in shards]
+    else:
+        files = sorted(directory.glob("pytorch_model-*.bin"))
+    shapes: dict[str, tuple[int, ...]] = {}
+    owner: dict[str, Mapping[str, torch.Tensor]] = {}
+    for f in files:
+        sd = _torch_state_dict(f)
+        if weight_map is not None:
+            absent = [k for k, s in weight_map.items() if s == f.name and k not in sd]
+            if absent:
+                raise LmlabError(f"the shard index {index} puts {absent[0]!r} in {f}, which "
+                                 "does not hold it; download the shards again or fix the index")
+        for k, v in sd.items():
+            if weight_map is not None and weight_map.get(k) != f.name:
+                continue
+            if k in owner:
+                raise LmlabError(f"the tensor {k!r} is in two shards of {directory}; keep one "
+                                 f"copy, or add a {_BIN_INDEX} that says which holds each")
+            shapes[k], owner[k] = tuple(v.shape), sd
+    return _TensorStore(shapes, lambda k: owner[k][k])
 
 
 def _open_directory(path: Path) -> _TensorStore:
@@ -262,12 +301,17 @@ def _open_directory(path: Path) -> _TensorStore:
     files = sorted(path.glob("*.safetensors"))
     if files:
         return _safetensors_store(files)
+    bin_index = path / _BIN_INDEX
+    if bin_index.exists() or bin_index.is_symlink():
+        return _torch_shards_store(path, bin_index)
+    if any(path.glob("pytorch_model-*.bin")):
+        return _torch_shards_store(path, None)
     for name in ("pytorch_model.bin", "model.pt", "model.bin"):
         if (path / name).exists() or (path / name).is_symlink():
             return _torch_store(path / name)
     raise LmlabError(
-        f"{path} holds no weights: expected *.safetensors, {_SAFETENSORS_INDEX} or "
-        "pytorch_model.bin"
+        f"{path} holds no weights: expected *.safetensors, {_SAFETENSORS_INDEX}, "
+        f"pytorch_model.bin, or pytorch_model-*.bin shards with {_BIN_INDEX}"
     )
 
 

@@ -1,0 +1,195 @@
+"""One layer → one row: size rules, weight checks, spectrum, fit, norm metrics and the extra
+analyses an :class:`~lmlab.spectral.options.AnalyzeOptions` asks for.
+
+>>> import torch
+>>> from lmlab.spectral.options import AnalyzeOptions
+>>> from lmlab.spectral.sources import iter_layers
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> ref = next(iter_layers(torch.nn.Linear(64, 256)))
+>>> row, evals = layer_row(ref, AnalyzeOptions())
+>>> row["status"], row["num_evals"], len(evals)
+('success', 64, 64)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from lmlab.spectral.esd import Spectrum, matrices_of, spectrum_of
+from lmlab.spectral.options import AnalyzeOptions
+from lmlab.spectral.sources import LayerRef
+
+__all__ = ["layer_row", "dims_of", "skip_reason", "OVER_TRAINED", "UNDER_TRAINED"]
+
+_EPSILON = 1e-10
+OVER_TRAINED, UNDER_TRAINED = 2.0, 6.0
+
+
+def dims_of(ref: LayerRef) -> tuple[int, int, int]:
+    """(N, M, rf) from the weight shape alone, before loading it."""
+    shape = ref.shape
+    if ref.layer_type == "conv2d" and len(shape) == 4:
+        n, m, kh, kw = shape
+        if n + m >= kh + kw:
+            return max(n, m), min(n, m), kh * kw
+        return max(kh, kw), min(kh, kw), n * m
+    if len(shape) != 2:
+        return 0, 0, 1
+    return max(shape), min(shape), 1
+
+
+def skip_reason(N: int, M: int, rf: int, ref: LayerRef, opts: AnalyzeOptions) -> str:
+    """Why weightwatcher's size rules skip this layer ('' when they do not)."""
+    if ref.layer_type != "conv2d" and len(ref.shape) != 2:
+        return f"unsupported weight shape {ref.shape} for a {ref.layer_type} layer"
+    if opts.min_evals and M * rf < opts.min_evals:
+        return f"too small: {M * rf} eigenvalues < min_evals {opts.min_evals}"
+    if opts.max_evals and M * rf > opts.max_evals:
+        return f"too large: {M * rf} eigenvalues > max_evals {opts.max_evals}"
+    if opts.max_N is not None and N > opts.max_N:
+        return f"N = {N} > max_N {opts.max_N} (weightwatcher's rule; lift it with max_N=None)"
+    return ""
+
+
+def base_row(ref: LayerRef, N: int, M: int, rf: int, opts: AnalyzeOptions,
+             columns: tuple[str, ...]) -> dict[str, Any]:
+    """A row with every column present (NaN where not computed)."""
+    row: dict[str, Any] = {c: np.nan for c in columns}
+    row.update(
+        layer_id=ref.layer_id, name=ref.name, longname=ref.longname, layer_type=ref.layer_type,
+        N=N, M=M, rf=rf, Q=(N / M if M > 0 else -1.0), has_esd=False, warning="",
+        reason="", fit_mode=opts.fit_label,
+    )
+    return row
+
+
+def _matrix_entropy(sv: np.ndarray, rank: int) -> float:
+    evals = sv * sv
+    p = evals / np.sum(evals) + _EPSILON
+    return float(-np.sum(p * np.log(p)) / np.log(rank + _EPSILON))
+
+
+def _esd_metrics(spec: Spectrum, N: int, tolerance: float) -> dict[str, Any]:
+    """weightwatcher's ESD and norm columns (those that do not depend on the fit)."""
+    evals = spec.evals
+    norm = float(np.sum(evals))
+    spectral_norm = float(np.max(evals))
+    sv = np.sqrt(evals)
+    rank = int(np.count_nonzero(sv > np.max(sv) * N * np.finfo(sv.dtype).eps))
+    return dict(
+        has_esd=True, num_evals=len(evals), sv_max=spec.sv_max, sv_min=spec.sv_min,
+        rank_loss=spec.rank_loss, weak_rank_loss=int(np.count_nonzero(evals < tolerance)),
+        lambda_max=spectral_norm, norm=norm, log_norm=math.log10(norm),
+        spectral_norm=spectral_norm, log_spectral_norm=math.log10(spectral_norm),
+        stable_rank=norm / spectral_norm, matrix_rank=rank, entropy=_matrix_entropy(sv, rank),
+    )
+
+
+def _fit_metrics(evals: np.ndarray, fit: Any, log_spectral_norm: float) -> dict[str, Any]:
+    """The power-law columns, or a failed status with the fit's reason."""
+    if fit.status != "success":
+        return dict(status="failed", reason=f"power-law fit failed: {fit.reason}")
+    alpha = fit.alpha
+    with np.errstate(over="ignore", divide="ignore"):
+        log_alpha_norm = float(np.log10(np.sum(evals**alpha)))
+    return dict(
+        alpha=alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma,
+        num_pl_spikes=int(fit.num_pl_spikes), alpha_weighted=alpha * log_spectral_norm,
+        log_alpha_norm=log_alpha_norm, status="success",
+        warning=("over-trained" if alpha < OVER_TRAINED
+                 else "under-trained" if alpha > UNDER_TRAINED else ""),
+    )
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    """float32 (complex64 for complex weights: the imaginary part is kept, never dropped)."""
+    import torch
+
+    t = tensor.detach().to("cpu")
+    if t.is_complex():
+        return t.to(torch.complex64).numpy()
+    return t.float().numpy()
+
+
+def _energy(flat: np.ndarray) -> float:
+    """Σ|w|² in one pass (NaN/Inf propagate; zero means an all-zero matrix)."""
+    if np.iscomplexobj(flat):
+        return float(np.vdot(flat, flat).real)
+    return float(np.dot(flat, flat))
+
+
+def _weights_problem(W: np.ndarray) -> str:
+    flat = W.ravel()
+    energy = _energy(flat)
+    if not math.isfinite(energy):
+        bad = int(flat.size - np.count_nonzero(np.isfinite(flat)))
+        if bad:
+            return f"weights contain {bad} NaN/Inf values"
+    elif energy == 0.0:
+        return "all-zero weight matrix"
+    return ""
+
+
+def _spectrum(mats: list[np.ndarray], N: int, scale: float, opts: AnalyzeOptions,
+              device: Any) -> Spectrum:
+    if device is not None and getattr(device, "type", "cpu") != "cpu":
+        from lmlab.spectral.esd_torch import spectrum_of_torch
+
+        return spectrum_of_torch(mats, N=N, scale=scale, precision=opts.precision,
+                                 device=device)
+    # the inverse ESD needs the smallest eigenvalues to full relative accuracy: the SVD route
+    method = "svd" if opts.inverse else opts.method
+    return spectrum_of(mats, N=N, scale=scale, method=method, precision=opts.precision)
+
+
+def layer_row(ref: LayerRef, opts: AnalyzeOptions, *, columns: tuple[str, ...] = (),
+              device: Any = None, rng: np.random.Generator | None = None,
+              ) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The row of one layer and its eigenvalues (None when skipped or failed early).
+
+    Args:
+        ref: the layer.
+        opts: the analysis options (checked by the caller).
+        columns: every column of the table (those not computed stay NaN).
+        device: a ``torch.device`` other than CPU computes the spectrum with torch.
+        rng: random numbers for ``randomize`` (default: seeded from ``opts.seed`` and the
+            layer id, so a layer's result does not depend on which other layers ran).
+    """
+    from lmlab.spectral import extras
+    from lmlab.spectral.fits import fit_layer
+
+    N, M, rf = dims_of(ref)
+    row = base_row(ref, N, M, rf, opts, columns)
+    reason = skip_reason(N, M, rf, ref, opts)
+    if reason:
+        row.update(status="skipped", reason=reason)
+        return row, None
+    W = _to_numpy(ref.load())
+    problem = _weights_problem(W)
+    if problem:
+        row.update(status="failed", reason=problem)
+        return row, None
+    mats, N, M, rf = matrices_of(W, ref.layer_type)
+    mats, scale = extras.prepared_matrices(mats, N, M, rf, ref.layer_type, opts)
+    spec = _spectrum(mats, N, scale, opts, device)
+    evals = extras.transformed_evals(spec.evals, opts)
+    if evals is not spec.evals:
+        spec = Spectrum(evals=evals, sv_max=spec.sv_max, sv_min=spec.sv_min,
+                        rank_loss=spec.rank_loss)
+    row.update(_esd_metrics(spec, N, opts.tolerance))
+    fit = fit_layer(spec.evals, fit=opts.fit, fix_fingers=opts.fix_fingers,
+                    xmax=opts.xmax, xmin_max=opts.xmin_max, max_fingers=opts.max_fingers,
+                    finger_thresh=opts.finger_thresh)
+    row.update(_fit_metrics(spec.evals, fit, row["log_spectral_norm"]))
+    row.update(extras.fit_columns(fit, opts))
+    if rng is None:
+        rng = np.random.default_rng([opts.seed, ref.layer_id])
+    extra, reasons = extras.extra_columns(mats, N, M, rf, scale, spec.evals, fit, opts, rng)
+    row.update(extra)
+    if reasons:
+        row["reason"] = "; ".join([r for r in (row["reason"], *reasons) if r])
+    return row, spec.evals
