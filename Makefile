@@ -49,6 +49,7 @@ test-slow: $(VENV)/.installed-dev browser
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/spectral_vs_weightwatcher.py
+	$(BIN)/python benchmarks/spectral_options_vs_weightwatcher.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples

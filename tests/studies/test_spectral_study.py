@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -89,3 +90,26 @@ def test_report_refuses_a_run_another_process_writes(saved_llama: Path, tmp_path
     finally:
         holder.unlock()
     assert main(["report", str(run.path)]) == 0
+
+
+def test_weightwatcher_options_and_base_model_reach_the_table(saved_llama: Path,
+                                                              tmp_path: Path) -> None:
+    tiny_model("llama", seed=1).save_pretrained(tmp_path / "base")
+    overrides = [f"model={saved_llama}", f"base_model={tmp_path / 'base'}", "mp_fit=true",
+                 "fix_fingers=clip_xmax", "layers=-embed_tokens,-lm_head"]
+    run = run_study("spectral", overrides=overrides, out=tmp_path / "runs")
+    table = pd.read_csv(run.path / "spectra.csv")
+    expected = analyze(saved_llama, base_model=tmp_path / "base", mp_fit=True,
+                       fix_fingers="clip_xmax", layers=["-embed_tokens", "-lm_head"])
+    assert table.columns.tolist() == expected.columns.tolist()
+    assert "embed_tokens" not in set(table["name"])
+    np.testing.assert_allclose(table["sigma_mp"], expected["sigma_mp"].astype(float))
+    assert (table["fit_mode"] == "clip_xmax").all()
+    assert "minus the base model" in (run.path / "report.md").read_text()
+
+
+def test_conflicting_options_fail_before_a_run_directory_is_made(tmp_path: Path) -> None:
+    with pytest.raises(LmlabError, match="cannot be combined"):
+        run_study("spectral", overrides=["fix_fingers=clip_xmax", "xmax=-2"],
+                  out=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -81,9 +81,23 @@ class Config:
         method: ``eigh`` (Gram matrix, fast) or ``svd`` (weightwatcher's route).
         precision: ``float64`` (weightwatcher parity) or ``float32`` (fast mode).
         fit_mode: ``ww`` (weightwatcher's xmin search) or ``xmin_peak``.
+        fit: ``PL`` power law, ``TPL`` truncated power law or ``E_TPL`` (TPL, xmin near the
+            ESD's peak).
+        fix_fingers: ``none``, ``xmin_peak`` or ``clip_xmax`` (drop the largest eigenvalues
+            while α falls sharply).
+        xmax: leave the k largest eigenvalues out of the fit (give -k); none = keep all.
+        randomize: add weightwatcher's randomized-ESD columns (correlation traps).
+        mp_fit: add weightwatcher's Marchenko–Pastur fit columns.
+        detX: add weightwatcher's detX (ERG) columns.
+        vectors: add weightwatcher's eigenvector localisation columns.
+        base_model: analyse W − W_base against this model (same references as ``model``);
+            none = the weights themselves.
+        min_evals: skip matrices with fewer eigenvalues (M·rf) than this (weightwatcher: 8).
+        max_evals: skip matrices with more eigenvalues than this (weightwatcher: 15000).
         max_n: skip matrices with a side larger than this (weightwatcher: 50000); ``none``
             lifts the rule.
-        layers: analyse only these layers (ids, names, longnames or types); empty = all.
+        layers: analyse only these layers (ids, names, longnames or types), or leave out
+            those given as ``-name`` or a negative id; empty = all.
         esd_layers: layers whose ESD is plotted; empty = the lowest, median and highest α.
         table_format: ``csv``, ``json`` or ``parquet`` for the per-layer table.
         threads: BLAS/torch threads (none = leave as is).
@@ -95,6 +109,16 @@ class Config:
     method: Literal["eigh", "svd"] = "eigh"
     precision: Literal["float64", "float32"] = "float64"
     fit_mode: Literal["ww", "xmin_peak"] = "ww"
+    fit: Literal["PL", "TPL", "E_TPL"] = "PL"
+    fix_fingers: Literal["none", "xmin_peak", "clip_xmax"] = "none"
+    xmax: int | None = ranged(None, -100000, -1)
+    randomize: bool = False
+    mp_fit: bool = False
+    detX: bool = False
+    vectors: bool = False
+    base_model: str | None = None
+    min_evals: int = ranged(8, 0)
+    max_evals: int = ranged(15000, 0)
     max_n: int | None = ranged(50000, 1)
     layers: tuple[str, ...] = ()
     esd_layers: tuple[str, ...] = ()
@@ -157,10 +181,13 @@ def check(cfg: Config) -> None:
     An offline model that is converted on first use is only checked to be installed here.
     """
     from lmlab.models.hf import check_model, ready_weights
-    from lmlab.spectral.analyze import check_layer_names
+    from lmlab.spectral.analyze import check_layer_names, select_layers, split_filters
     from lmlab.spectral.sources import check_weights, iter_layers
 
+    _options(cfg)
     check_model(cfg.model)
+    if cfg.base_model:
+        check_model(cfg.base_model)
     weights = ready_weights(cfg.model)
     if weights is None:
         return
@@ -168,11 +195,24 @@ def check(cfg: Config) -> None:
         check_weights(weights)
         return
     refs = list(iter_layers(weights))
-    check_layer_names(cfg.layers, refs, setting=_LAYERS)
-    if cfg.layers:
-        wanted = set(cfg.layers)
-        refs = [r for r in refs if {str(r.layer_id), r.name, r.longname, r.layer_type} & wanted]
+    keep, drop = split_filters(cfg.layers)
+    check_layer_names(keep or drop, refs, setting=_LAYERS)
+    if keep or drop:
+        refs = select_layers(refs, list(cfg.layers))
     check_layer_names(cfg.esd_layers, refs, setting=_ESD_LAYERS, types=False)
+
+
+def _options(cfg: Config) -> Any:
+    """The analysis options of a config (checked: a bad combination fails in one line)."""
+    from lmlab.spectral.analyze import options_from
+
+    return options_from(
+        max_N=cfg.max_n, min_evals=cfg.min_evals, max_evals=cfg.max_evals, method=cfg.method,
+        precision=cfg.precision, fit_mode=cfg.fit_mode, fit=cfg.fit,
+        fix_fingers=None if cfg.fix_fingers == "none" else cfg.fix_fingers, xmax=cfg.xmax,
+        randomize=cfg.randomize, mp_fit=cfg.mp_fit, detX=cfg.detX, vectors=cfg.vectors,
+        seed=cfg.seed,
+    )
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
@@ -183,13 +223,15 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.studies.pattern import publish
 
     weights = resolve_weights(cfg.model)
+    base = resolve_weights(cfg.base_model) if cfg.base_model else None
     device = resolve_device(cfg.device)
-    run_dir.update_meta({"model": cfg.model, "data_source": f"weights at {weights}"})
+    run_dir.update_meta({"model": cfg.model, "data_source": f"weights at {weights}"
+                         + (f" minus base weights at {base}" if base else "")})
     start = time.perf_counter()
+    options = _options(cfg)
     df = analyze(
-        weights, layers=list(cfg.layers) or None, max_N=cfg.max_n, method=cfg.method,
-        precision=cfg.precision, fit_mode=cfg.fit_mode, threads=cfg.threads,
-        device=device if device.type != "cpu" else None,
+        weights, layers=list(cfg.layers) or None, base_model=base, threads=cfg.threads,
+        device=device if device.type != "cpu" else None, options=options,
     )
     seconds = time.perf_counter() - start
     stats = summarize(df)
@@ -206,8 +248,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
         for r in df.itertuples()
     )
     chosen = _pick_esd_layers(df, cfg.esd_layers)
-    esds = layer_spectra(weights, chosen, max_N=cfg.max_n, method=cfg.method,
-                         precision=cfg.precision) if chosen else {}
+    esds = layer_spectra(weights, chosen, base_model=base, options=options) if chosen else {}
     result = Result(cfg, df, summary, {str(k): np.asarray(v) for k, v in esds.items()})
     if _corrupt_rows(df):  # keep what was computed, then say the model is corrupt
         publish(run_dir, sys.modules[__name__], result)
@@ -281,10 +322,14 @@ def report(result: Result, figures: dict[str, Figure]) -> Report:
     """The report of a finished analysis."""
     s, cfg = result.summary, result.config
     rep = Report(f"Spectral analysis — {cfg.model}")
+    extras = [name for name in ("mp_fit", "randomize", "detX", "vectors") if getattr(cfg, name)]
+    delta = f" minus the base model **{cfg.base_model}**" if cfg.base_model else ""
     rep.add_text(
-        f"Power-law exponent α of every weight matrix of **{cfg.model}** "
-        f"(weights read from `{s['weights']}`), computed with weightwatcher 0.7.7's default "
-        f"choices (route: {cfg.method}, {cfg.precision}; xmin search: {cfg.fit_mode})."
+        f"Power-law exponent α of every weight matrix of **{cfg.model}**{delta} "
+        f"(weights read from `{s['weights']}`), computed with weightwatcher 0.7.7's "
+        f"choices (route: {cfg.method}, {cfg.precision}; fit: {_options(cfg).fit_label}"
+        + (f"; extra columns of {', '.join(extras)}" if extras else "")
+        + "). Every column is in the saved table."
     )
     rep.add_key_values(
         {k: s[k] for k in ("n_layers", "alpha_mean", "alpha_median", "n_alpha_2_6",
