@@ -58,7 +58,10 @@ from lmlab.circuits import MeasureConfig, checkpoint_shapes, measure_runs, scree
 torch.set_num_threads(_THREADS)
 SETTINGS = ("infinite_pool_size", "small_pool_size", "large_pool_size",
             "boundary_pool_size_740", "boundary_pool_size_750")
-CFG = MeasureConfig()   # ranks 1..32, rel_dist 1, rel_dists 0..35, R(+1), row argmax, LN ignored
+CFG = MeasureConfig()   # ranks 1..32, R(+1), row argmax, LN ignored
+REL_DIST = 1                                  # the main rotary distance (the authors' R[1])
+REL_DISTS = (0, 5, 10, 15, 20, 25, 30, 35)    # the distance sweep (0: R = I)
+SWEEP_RANK = 5
 
 
 def _args() -> argparse.Namespace:
@@ -166,7 +169,10 @@ def notebook_pass(run: Path, t: int) -> list[dict[str, Any]]:
 def compare(fast: pd.DataFrame, slow: dict[int, pd.DataFrame]) -> list[dict[str, Any]]:
     """Max |difference| per statistic family between lmlab's table and the per-pass tables."""
     out = []
-    main = slow[CFG.rel_dist]
+    fast = fast.sort_values(["setting", "step"], kind="stable")
+    slow = {t: df.sort_values(["setting", "step"], kind="stable") for t, df in slow.items()}
+    main = slow[REL_DIST]
+    at = {t: fast[fast["rel_dist"] == t] for t in slow}
     fams = {"match_r*": "match_r", "outer_match_r*": "outer_match_r",
             "emb_ov_match_r*": "emb_ov_match_r"}
     def diff(a: pd.DataFrame | pd.Series, b: pd.DataFrame | pd.Series) -> float:
@@ -174,19 +180,20 @@ def compare(fast: pd.DataFrame, slow: dict[int, pd.DataFrame]) -> list[dict[str,
 
     for label, prefix in fams.items():
         cols = [f"{prefix}{r}" for r in CFG.ranks]
-        out.append({"statistic": f"{label} (t={CFG.rel_dist})",
-                    "max_abs_diff": diff(fast[cols], main[cols])})
+        out.append({"statistic": f"{label} (t={REL_DIST})",
+                    "max_abs_diff": diff(at[REL_DIST][cols], main[cols])})
     for col in ("zscore", "mismatch", "err_test", "err_ood"):
-        out.append({"statistic": f"{col} (t={CFG.rel_dist})",
-                    "max_abs_diff": diff(fast[col], main[col])})
+        out.append({"statistic": f"{col} (t={REL_DIST})",
+                    "max_abs_diff": diff(at[REL_DIST][col], main[col])})
     rank_cols = [c for c in main if c.startswith("rank_")]
-    differ = int((fast[rank_cols].to_numpy() != main[rank_cols].to_numpy()).sum())
+    mine = at[REL_DIST][rank_cols]
+    differ = int((mine.to_numpy() != main[rank_cols].to_numpy()).sum())
     out.append({"statistic": f"ScreeNOT ranks ({len(rank_cols)} columns)",
-                "max_abs_diff": diff(fast[rank_cols], main[rank_cols]),
+                "max_abs_diff": diff(mine, main[rank_cols]),
                 "n_differ": differ, "n": int(fast[rank_cols].size)})
-    for stat in ("zscore", f"match_r{CFG.sweep_rank}", "mismatch"):
-        worst = max(diff(fast[f"{stat}_rd{t}"], slow[t][stat]) for t in CFG.rel_dists)
-        out.append({"statistic": f"{stat}_rd{{t}}, t in {list(CFG.rel_dists)}",
+    for stat in ("zscore", f"match_r{SWEEP_RANK}", "mismatch"):
+        worst = max(diff(at[t][stat], slow[t][stat]) for t in REL_DISTS)
+        out.append({"statistic": f"{stat} at rel_dist t, t in {list(REL_DISTS)}",
                     "max_abs_diff": worst})
     return out
 
@@ -210,7 +217,7 @@ def main() -> None:
     lmlab_times = []
     for i in range(args.repeats):               # the first call computes the baseline (cold)
         w0, c0 = time.perf_counter(), time.process_time()
-        fast = measure_runs(runs, CFG)
+        fast = measure_runs(runs, CFG, rel_dists=(REL_DIST, *REL_DISTS))
         lmlab_times.append((time.perf_counter() - w0, time.process_time() - c0))
         print(f"lmlab measure_runs #{i + 1}: {lmlab_times[-1][0]:.2f} s wall, "
               f"{lmlab_times[-1][1]:.2f} s CPU", flush=True)
@@ -220,7 +227,7 @@ def main() -> None:
     warm_cpu = float(np.median([t[1] for t in warm]))
     load_before = os.getloadavg()
 
-    passes = [CFG.rel_dist, *[t for t in CFG.rel_dists if t != CFG.rel_dist]]
+    passes = [REL_DIST, *[t for t in REL_DISTS if t != REL_DIST]]
     slow: dict[int, pd.DataFrame] = {}
     pass_times = []
     w0, c0 = time.perf_counter(), time.process_time()
@@ -260,7 +267,7 @@ def main() -> None:
         "",
         "Statistics: m(r), outer m(r), embedding–OV m(r) for r = 1..32, baseline, z, mismatch "
         f"(row argmax), ScreeNOT ranks k = {list(CFG.screenot_k)} at R = R[+1]; z, m(5), "
-        f"mismatch for t in {list(CFG.rel_dists)}. Wall and CPU seconds of this process; the "
+        f"mismatch for t in {list(REL_DISTS)}. Wall and CPU seconds of this process; the "
         f"machine is shared (1-min load average {load_before[0]:.1f} after the lmlab calls, "
         f"{load[0]:.1f} after the loop, on {os.cpu_count()} cores).",
         "",

@@ -1,9 +1,12 @@
 """QK/OV circuit measurements of attention-only transformers, over all checkpoints at once.
 
-Subspace matching between the layer-1 QK and layer-0 OV circuits with its Haar-random baseline,
-the diagonal z-score, the token mismatch ratio, embedding–OV matching and ScreeNOT ranks
-(the `induction` study's measurements, spec §6), computed with batched NumPy on ``(N, d, d)``
-stacks of checkpoint weights.
+Reading anyone's run folders (the authors' layout or lmlab's; :func:`find_settings`,
+:func:`load_run`, :func:`read_err_arr`), subspace matching between the layer-1 QK and layer-0
+OV circuits with its Haar-random baseline, the diagonal z-score, the token mismatch ratio,
+embedding–OV matching, layer 0's position matching and ScreeNOT ranks (the `induction`
+study's measurements, spec §6), computed with batched NumPy on ``(N, d, d)`` stacks of
+checkpoint weights; :func:`measure_runs` returns one row per (setting, step, method,
+rel_dist).
 
 >>> import numpy as np
 >>> from lmlab.circuits import diagonal_zscore, rotary_R, subspace_matching
@@ -16,13 +19,21 @@ True
 """
 
 from lmlab.circuits.measure import (
-    ERR_COLUMNS,
     MeasureConfig,
-    RunWeights,
-    checkpoint_shapes,
-    load_run,
+    circuit_matrices,
     measure_run,
     measure_runs,
+)
+from lmlab.circuits.position import position_matching
+from lmlab.circuits.runs import (
+    ERR_COLUMNS,
+    RunWeights,
+    SettingsFound,
+    checkpoint_shapes,
+    expected_steps,
+    find_settings,
+    load_run,
+    read_err_arr,
 )
 from lmlab.circuits.screenot import (
     max_k,
@@ -40,8 +51,9 @@ from lmlab.circuits.subspace import (
 )
 
 __all__ = [
-    "MeasureConfig", "RunWeights", "ERR_COLUMNS", "checkpoint_shapes",
-    "load_run", "measure_run", "measure_runs",
+    "MeasureConfig", "RunWeights", "SettingsFound", "ERR_COLUMNS", "checkpoint_shapes",
+    "expected_steps", "find_settings", "load_run", "read_err_arr",
+    "measure_run", "measure_runs", "circuit_matrices", "position_matching",
     "subspace_matching", "matching_curve", "random_baseline", "rotary_R",
     "diagonal_zscore", "token_mismatch",
     "screenot_rank", "screenot_from_singular_values", "pseudo_noise", "max_k",
