@@ -30,14 +30,25 @@ def test_settings_trained_measured_and_reported(run_path: Path) -> None:
         assert info["transition_step"] is None               # 40 steps: still on the plateau
         assert 0 <= info["match_r5_at_end"] <= 1
     assert s["baseline_r5"] == pytest.approx(0.45, abs=0.02)
-    assert s["conventions"] == {"R": "rotary R(rel_dist=+1)", "argmax_axis": "row",
-                                "layernorm": "ignore"}
+    assert s["conventions"] == {"R": "rotary R(+t) for t in rel_dist; t = 0: R = I",
+                                "argmax_axis": "row", "layernorm": "ignore",
+                                "method": ["largest"], "rel_dist": [1],
+                                "ranks_plotted": [5, 10, 15, 20], "screenot_k": [5, 10, 20],
+                                "primary": "largest, rel_dist 1"}
+    assert s["source"] == "trained" and s["problems"] == []
     measures = pd.read_csv(run_path / "measures.csv")
     assert sorted(measures["step"].unique()) == [0, 20, 40]
+    assert set(measures["method"]) == {"largest"} and set(measures["rel_dist"]) == {1}
+    assert len(measures) == 2 * 3                           # settings × checkpoints
+    for col in ("pos_match_q_r5", "pos_match_k_r20", "rank_Wq0_k5", "rank_Wk0_k10",
+                "rank_Enorm_k20", "rank_qk_k5", "zscore", "match_r32", "baseline_r5"):
+        assert col in measures, col
     ckpts = sorted(p.name for p in (run_path / "settings" / "pool_size_20").glob("ckpt_*.pt"))
     assert ckpts == ["ckpt_0.pt", "ckpt_20.pt", "ckpt_40.pt"]
     md = (run_path / "report.md").read_text()
-    for fig in ("setting_infinite_pool_size", "setting_pool_size_20", "overlay", "pool_sweep"):
+    assert s["settings"]["pool_size_20"]["snapshot_steps"] == [0, 20, 40]  # no transition
+    for fig in ("setting_infinite_pool_size", "setting_pool_size_20", "overlay", "pool_sweep",
+                "matrices", "circuits"):
         png = run_path / "figures" / f"{fig}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{fig}.png" in md
 
@@ -63,6 +74,11 @@ def test_report_redraws_from_the_saved_result(run_path: Path) -> None:
     pd.testing.assert_frame_equal(back.measures, pd.read_csv(run_path / "measures.csv"),
                                   check_dtype=False)
     assert back.pool_sweep["pool"].tolist() == [float("inf"), 20.0]
+    assert [snap["setting"] for snap in back.snapshots] == ["infinite_pool_size",
+                                                            "pool_size_20"]
+    snap = back.snapshots[0]
+    assert snap["steps"].tolist() == [0, 20, 40] and snap["rel_dist"] == 1
+    assert snap["W_qkov"].shape == (3, 64, 64) and snap["QK0"].shape == (3, 64, 64)
     assert_redraws(run_path, "induction")
 
 
@@ -71,7 +87,51 @@ def test_report_redraws_from_the_saved_result(run_path: Path) -> None:
     (["argmax_axis=diag"], "argmax_axis"),
     (["ranks_plotted=40"], "'ranks_plotted' values must be in [1, 32]"),
     (["steps=3500"], "must divide steps=3500"),
+    (["method=median"], "'method'"), (["method="], "method is empty"),
+    (["rel_dist=-1"], "'rel_dist' values must be in [0, 10000]"),
+    (["rel_dist=0,0"], "rel_dist has duplicates"), (["rel_dist="], "rel_dist is empty"),
+    (["screenot_k=40"], "'screenot_k' values must be in [0, 31]"),
+    (["seeds=1,1"], "seeds has duplicates"), (["ranks_plotted="], "ranks_plotted is empty"),
+    (["err_layout=authors"], "set eval_every=1"),
 ])
 def test_bad_input_exits_2_in_one_line(sets: list[str], message: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert message in study_error("induction", sets, tmp_path, capsys)
+
+
+def test_cells_per_pool_and_seed() -> None:
+    from lmlab.studies.induction import Config, cells_of
+
+    cells = cells_of(Config(pools=(0, 100), seeds=(1, 2)), Path("root"))
+    assert [(c.name, c.pool, c.setting.seed) for c in cells] == [
+        ("infinite_pool_size_seed1", 0, 1), ("infinite_pool_size_seed2", 0, 2),
+        ("small_pool_size_seed1", 100, 1), ("small_pool_size_seed2", 100, 2)]
+    assert cells[3].out_dir == str(Path("root") / "small_pool_size_seed2")
+    assert [c.name for c in cells_of(Config(pools=(0,)), Path("r"))] == ["infinite_pool_size"]
+    dense = cells_of(Config(pools=(0,), err_layout="authors", eval_every=1), Path("r"))
+    assert dense[0].setting.err_layout == "authors" and dense[0].setting.eval_every == 1
+
+
+def test_tuple_options_from_the_command_line() -> None:
+    from lmlab.studies.runner import build_config
+
+    cfg = build_config("induction", "quick", ["method=mean", "rel_dist=0,5,10",
+                                              "screenot_k=5,31", "checkpoints=some/dir"])
+    assert cfg.method == ("mean",) and cfg.rel_dist == (0, 5, 10)
+    assert cfg.screenot_k == (5, 31) and cfg.checkpoints == "some/dir"
+    assert build_config("induction", "quick", ["method=largest,mean"]).method == (
+        "largest", "mean")
+    assert build_config("induction", "quick").checkpoints == ""
+
+
+def test_snapshots_before_at_and_after_the_transition() -> None:
+    from lmlab.studies._induction_measure import pick_snapshots, transition_step
+
+    err = pd.DataFrame({"epoch": [-1, 99, 199, 299, 399], "err_ood": [0.98, 0.97, 0.6, 0.4, 0.1],
+                        "full": [True, True, True, False, True]})
+    assert transition_step(err) == 400                      # the cheap entry does not count
+    steps = [0, 100, 200, 300, 400, 500, 600]
+    assert pick_snapshots(steps, 400) == [300, 400, 600]
+    assert pick_snapshots(steps, 0) == [0, 600]
+    assert pick_snapshots(steps, 10_000) == [0, 300, 600]   # after the end: no transition
+    assert pick_snapshots(steps, 400, wanted=(120, 590)) == [100, 600]

@@ -210,3 +210,46 @@ def test_a_train_state_of_the_older_layout_is_a_clear_error(tmp_path: Path) -> N
                tmp_path / "train_state.pt")
     with pytest.raises(LmlabError, match=r"train_state.pt lacks rng: .*delete it to start over"):
         train_setting(setting, tmp_path)
+
+
+AUTHORS = TrainSetting("a", pool_size=None, steps=20, save_every=10, eval_every=1,
+                       eval_cheap=10, eval_full=20, err_layout="authors")
+
+
+def test_the_authors_dense_layout(tmp_path: Path) -> None:
+    """err_layout='authors': err_arr.json is the authors' list of one record per step with
+    exactly their keys (err_arr[k - 1] <-> ckpt_k.pt); the full evaluations go to err_full.json;
+    a split run resumes to the same files."""
+    from lmlab.studies._induction_measure import read_errors
+
+    straight = tmp_path / "straight"
+    train_setting(AUTHORS, straight)
+    dense = json.loads((straight / "err_arr.json").read_text())
+    assert [e["epoch"] for e in dense] == list(range(20))
+    assert all(list(e) == list(ERR_KEYS) for e in dense)
+    assert all(isinstance(e[k], float) for e in dense for k in ERR_KEYS[1:])
+    full = json.loads((straight / "err_full.json").read_text())
+    assert [e["epoch"] for e in full] == [-1, 9, 19]
+    assert all(e["full"] and "err_ood_nofloor" in e for e in full)
+    for e in full[1:]:                     # the checkpoint records are the full evaluations
+        assert dense[e["epoch"]] == {k: e[k] for k in ERR_KEYS}
+    assert json.loads((straight / "config.json").read_text())["err_layout"] == "authors"
+    errors, problem = read_errors(straight)
+    assert problem is None and len(errors) == 21
+    assert errors.loc[errors["full"], "epoch"].tolist() == [-1, 9, 19]
+
+    split = tmp_path / "split"
+    train_setting(AUTHORS, split, stop_after=10)
+    assert [e["epoch"] for e in json.loads((split / "err_arr.json").read_text())] == list(
+        range(10))
+    train_setting(AUTHORS, split)
+    for name in ("err_arr.json", "err_full.json"):
+        assert json.loads((split / name).read_text()) == json.loads((straight / name).read_text())
+
+
+def test_the_authors_layout_needs_a_record_per_step(tmp_path: Path) -> None:
+    import dataclasses
+
+    with pytest.raises(LmlabError, match="eval_every=1"):
+        train_setting(dataclasses.replace(AUTHORS, eval_every=2), tmp_path)
+    assert "err_layout" not in json.dumps(induction_train.run_config(TINY, tmp_path))

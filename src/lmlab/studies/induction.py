@@ -18,6 +18,15 @@ Commands::
     lmlab run induction --preset quick       # infinite pool vs pool 100, 3,600 steps (minutes)
     lmlab run induction --preset paper       # the five settings, 20,000 steps each
     lmlab run induction --set pools=0,100,400,1000 --set steps=20000
+    lmlab run induction --set checkpoints=DIR                       # measure, no training
+    lmlab run induction --set checkpoints=DIR --set method=largest,mean --set rel_dist=0,1,5
+
+``checkpoints=DIR`` measures run folders that already exist — one run (``config.json``,
+``ckpt_<step>.pt``, ``err_arr.json``, in the authors' layout or lmlab's) or a folder of
+``<setting>/`` runs — and writes the same run directory, figures and report as a trained run;
+what the folders lack is listed in the report. ``method`` (``largest``, ``mean``) and
+``rel_dist`` (the rotary distance of R; 0: R = I) give one row of the measures table per
+checkpoint and option.
 
 >>> [setting_name(p) for p in Config.paper().pools]
 ['infinite_pool_size', 'small_pool_size', 'large_pool_size', 'boundary_pool_size_740', \
@@ -44,6 +53,8 @@ from lmlab.sweep import SweepConfig
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
+    from lmlab.circuits import MeasureConfig
+    from lmlab.studies._induction_measure import SettingRun
     from lmlab.studies.induction_train import TrainSetting
 
 #: Read by the registry without importing this module.
@@ -61,18 +72,28 @@ RESUMES = True
 
 #: The keys of ``summary.json``, their types and meaning.
 SUMMARY = Summary(
-    SummaryKey("steps", int, "optimisation steps per setting"),
-    SummaryKey("num_layers", int, "transformer layers"),
-    SummaryKey("seed", int, "the training seed of every setting"),
+    SummaryKey("source", str, "'trained' or the folder of checkpoints that was measured"),
+    SummaryKey("steps", int, "optimisation steps per setting (measured: the last checkpoint)"),
+    SummaryKey("num_layers", int, "transformer layers (null: measured folders)"),
+    SummaryKey("seed", int, "the training seed of every setting (null: measured folders, whose "
+               "seeds are per setting)"),
     SummaryKey("conventions.R", str, "the rotary matrix R of the QK circuit (its rel_dist)"),
     SummaryKey("conventions.argmax_axis", str, "the token mismatch's argmax axis (row or col)"),
     SummaryKey("conventions.layernorm", str, "LayerNorm gains ignored or folded in"),
-    SummaryKey("baseline_r5", float, "the QK–OV matching at rank 5 of random subspaces",
-               headline=True),
+    SummaryKey("conventions.method", list, "the matching methods measured (largest, mean)"),
+    SummaryKey("conventions.rel_dist", list, "the rotary distances measured (0: R = I)"),
+    SummaryKey("conventions.ranks_plotted", list, "the ranks r of the matching panels"),
+    SummaryKey("conventions.screenot_k", list, "the rank bounds k of the ScreeNOT estimates"),
+    SummaryKey("conventions.primary", str,
+               "the (method, rel_dist) of the *_at_end values and of the overlay"),
+    SummaryKey("baseline_r5", float,
+               "the QK–OV matching at rank 5 of random subspaces (first method)", headline=True),
     SummaryKey("measure_seconds", float,
                "the measurement pass over every checkpoint of every setting"),
+    SummaryKey("problems", list, "what the run folders lack or what could not be measured"),
     SummaryKey("settings", dict, "one entry per setting, by its name", headline=True),
     SummaryKey("settings.<name>.pool", int, "the pattern-pool size (null: infinite)"),
+    SummaryKey("settings.<name>.seed", int, "the setting's training seed"),
     SummaryKey("settings.<name>.transition_step", int,
                "first checkpoint with OOD error < 0.5 (null: never)"),
     SummaryKey("settings.<name>.final_err_id", float, "ID error on the full test set at the end"),
@@ -83,10 +104,15 @@ SUMMARY = Summary(
     SummaryKey("settings.<name>.final_err_ood_nofloor", float,
                "floor-free OOD error on the full test set at the end"),
     SummaryKey("settings.<name>.match_r5_at_end", float,
-               "QK–OV subspace matching at rank 5, last checkpoint"),
+               "QK–OV subspace matching at rank 5, last checkpoint (primary option)"),
     SummaryKey("settings.<name>.zscore_at_end", float,
-               "diagonal z-score of W_qk W_ov, last checkpoint"),
-    SummaryKey("settings.<name>.checkpoints", int, "checkpoints measured"),
+               "diagonal z-score of W_qk W_ov, last checkpoint (primary option)"),
+    SummaryKey("settings.<name>.mismatch_at_end", float,
+               "token mismatch ratio, last checkpoint (primary option)"),
+    SummaryKey("settings.<name>.checkpoints", int,
+               "checkpoints measured (0: none could be; its errors are still shown)"),
+    SummaryKey("settings.<name>.snapshot_steps", list,
+               "the checkpoints of the heat maps and of the distance-sweep snapshots"),
 )
 
 _NAMES = {0: "infinite_pool_size", 100: "small_pool_size", 1000: "large_pool_size",
@@ -100,6 +126,7 @@ def setting_name(pool: int) -> str:
 
 MAX_CHECKPOINTS = 1000  # per setting (the paper's: 100)
 _EVAL_WHY = "the test sets are held in memory and evaluated at every checkpoint"
+Method = Literal["largest", "mean"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,9 @@ class Config:
     """The induction study.
 
     Attributes:
+        checkpoints: a folder to measure instead of training: one run folder (config.json,
+            ckpt_<step>.pt, err_arr.json) or a folder of <setting>/ run folders, in the
+            authors' layout or lmlab's; empty = train the settings of ``pools``.
         pools: one training setting per pattern-pool size (0: a fresh pattern per sequence).
         steps: optimisation steps per setting (batch 50 of fresh sequences each).
         save_every: checkpoint (and full ID/OOD evaluation) interval.
@@ -115,7 +145,20 @@ class Config:
         eval_full: sequences in each full ID and OOD test set.
         num_layers: transformer layers (1: the control that cannot compose).
         seed: the training seed of every setting (the authors': 2026).
+        seeds: several training seeds: every pool is trained once per seed (a setting
+            ``<name>_seed<s>``); empty = ``seed`` alone.
+        err_layout: ``lmlab``: a sparse err_arr.json (cheap estimates every eval_every steps,
+            full evaluations marked at checkpoints); ``authors``: the authors' dense layout,
+            one record per step that their notebook indexes by step (needs eval_every=1; about
+            2.6× slower training with eval_cheap=200), full evaluations in err_full.json.
+        method: the subspace-matching statistics: ``largest`` (σ_max, the largest principal
+            cosine) and/or ``mean`` (the RMS of the r principal cosines).
+        rel_dist: the rotary distances t of R in W_qk = W_q1ᵀ R(t) W_k1 / √d (0: R = I); one
+            row of the measures table per checkpoint, method and distance.
         ranks_plotted: the ranks r of the QK–OV matching panels.
+        screenot_k: the rank bounds k of the ScreeNOT rank estimates.
+        snapshot_steps: the checkpoints of the heat maps and distance-sweep snapshots (the
+            nearest measured ones); empty = before, at and after the transition.
         r_sign, argmax_axis, layernorm: measurement conventions of the QK–OV matching (the
             sign of r, the axis of the argmax, how layer norms enter; recorded with the
             results).
@@ -125,6 +168,7 @@ class Config:
         device: ``cpu`` or ``cuda``.
     """
 
+    checkpoints: str = field(default="", metadata={"empty_ok": True})
     pools: tuple[int, ...] = ranged((0, 100, 1000, 740, 750), 0, 10**6,
                                     why="the pool's segments are held in memory")
     steps: int = ranged(20_000, 1, 10**6, why="the error log keeps a row every eval_every steps")
@@ -134,8 +178,15 @@ class Config:
     eval_full: int = ranged(2000, 1, 10**5, why=_EVAL_WHY)
     num_layers: int = ranged(2, 1, 64, why="every layer adds a block of the paper's width")
     seed: int = seed_field(2026)
+    seeds: tuple[int, ...] = ranged((), 0, 2**31 - 1, why="seeds are 32-bit integers")
+    err_layout: Literal["lmlab", "authors"] = "lmlab"
+    method: tuple[Method, ...] = ("largest",)
+    rel_dist: tuple[int, ...] = ranged((1,), 0, 10**4, why="a distance between two positions")
     ranks_plotted: tuple[int, ...] = ranged((5, 10, 15, 20), 1, 32,
                                             why="the matching is measured up to rank 32")
+    screenot_k: tuple[int, ...] = ranged((5, 10, 20), 0, 31,
+                                         why="ScreeNOT needs 2k + 1 < 64 on 64-wide matrices")
+    snapshot_steps: tuple[int, ...] = ranged((), 0, 10**6)
     r_sign: Literal[1, -1] = 1
     argmax_axis: Literal["row", "col"] = "row"
     layernorm: Literal["ignore", "fold"] = "ignore"
@@ -158,12 +209,17 @@ class Config:
 
     def validate(self) -> None:
         """Distinct pools; checkpoints that end at the last step and fit on disk; a cheap
-        evaluation no larger than the full one; settings that validate; the CPU."""
+        evaluation no larger than the full one; settings that validate; the CPU; at least one
+        distinct matching method and distance."""
         check_ranges(self)
-        if not self.pools:
-            raise LmlabError("pools is empty; name at least one pool size (0: infinite)")
-        if len(set(self.pools)) != len(self.pools):
-            raise LmlabError(f"pools has duplicates: {self.pools}")
+        for key in ("pools", "seeds", "method", "rel_dist", "screenot_k"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise LmlabError(f"{key} has duplicates: {values}")
+        for key in ("pools", "method", "rel_dist", "ranks_plotted"):
+            if not getattr(self, key):
+                raise LmlabError(f"{key} is empty; name at least one (lmlab study show "
+                                 "induction lists what it takes)")
         if self.steps % self.save_every:
             raise LmlabError(f"save_every={self.save_every} must divide steps={self.steps} "
                              "(the last checkpoint holds the final weights)")
@@ -210,14 +266,23 @@ def train_cell(cell: TrainCell) -> dict[str, Any]:
 
 
 def cells_of(cfg: Config, root: Path) -> list[TrainCell]:
-    """One cell per pool size, each running into ``root/<setting name>``."""
+    """One cell per pool size (and per seed, with ``seeds``), each running into
+    ``root/<setting name>``."""
     from lmlab.studies.induction_train import TrainSetting
 
-    return [TrainCell(TrainSetting(name=setting_name(p), pool_size=p or None, steps=cfg.steps,
-                                   save_every=cfg.save_every, eval_every=cfg.eval_every,
-                                   eval_cheap=cfg.eval_cheap, eval_full=cfg.eval_full,
-                                   num_layers=cfg.num_layers, seed=cfg.seed),
-                      str(root / setting_name(p))) for p in cfg.pools]
+    seeds = cfg.seeds or (cfg.seed,)
+    cells = []
+    for p in cfg.pools:
+        for seed in seeds:
+            name = setting_name(p) + (f"_seed{seed}" if cfg.seeds else "")
+            cells.append(TrainCell(
+                TrainSetting(name=name, pool_size=p or None, steps=cfg.steps,
+                             save_every=cfg.save_every, eval_every=cfg.eval_every,
+                             eval_cheap=cfg.eval_cheap, eval_full=cfg.eval_full,
+                             num_layers=cfg.num_layers, seed=seed,
+                             err_layout=cfg.err_layout),
+                str(root / name)))
+    return cells
 
 
 @dataclass(frozen=True)
@@ -227,13 +292,17 @@ class Result:
     Attributes:
         config: the config that ran.
         summary: the numbers of ``summary.json`` (see ``SUMMARY``).
-        training: one row per setting: its training summary.
-        measures: one row per (setting, checkpoint): the circuit measurements.
+        training: one row per setting: its training summary (measured folders: the folder,
+            pool, seed and length read from its ``config.json``).
+        measures: one row per (setting, checkpoint, method, rel_dist): the circuit
+            measurements (``measures.csv``).
         errors: per setting, its error log (cheap estimates and full evaluations, ``full``
             true), as in its ``err_arr.json``.
-        baseline: the random-subspace matching score at ranks 1..32.
+        baseline: the random-subspace matching score at ranks 1..32 (of the first method).
         pool_sweep: one row per setting with a final OOD error: ``pool`` (inf: an infinite
-            pool) and ``final_err_ood``.
+            pool), ``seed`` and ``final_err_ood``.
+        snapshots: per setting, ``W_qkov`` and ``QK0`` at its snapshot checkpoints (``setting``,
+            ``rel_dist``, ``steps``, ``W_qkov`` (n, d, d), ``QK0`` (n, V, V)).
     """
 
     config: Config
@@ -243,94 +312,122 @@ class Result:
     errors: dict[str, pd.DataFrame]
     baseline: np.ndarray
     pool_sweep: pd.DataFrame
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
 
 
 def check(cfg: Config) -> None:
-    """Fail before any work when the sweep backend cannot run (ray not installed)."""
+    """Fail before any work when nothing in ``checkpoints`` can be measured (one checkpoint of
+    each setting is read), or, to train, when the sweep backend cannot run (ray not
+    installed)."""
+    if cfg.checkpoints:
+        from lmlab.studies._induction_measure import folder_settings
+
+        folder_settings(cfg.checkpoints, measure_config(cfg))
+        return
     cfg.sweep.check_available()
 
 
+def measure_config(cfg: Config) -> MeasureConfig:
+    """The circuits' measurement config of the study's options."""
+    from lmlab.circuits import MeasureConfig
+
+    return MeasureConfig(r_sign=cfg.r_sign, argmax_axis=cfg.argmax_axis,
+                         layernorm=cfg.layernorm, screenot_k=tuple(cfg.screenot_k),
+                         position_ranks=tuple(cfg.ranks_plotted))
+
+
 def run(cfg: Config, run_dir: RunDir) -> Result:
-    """Train every setting (in parallel, resumable) and measure every checkpoint."""
-    from lmlab.circuits import MeasureConfig, measure_runs, random_baseline
+    """Train every setting (in parallel, resumable) — or take the run folders of
+    ``checkpoints`` — and measure every checkpoint under every (method, rel_dist)."""
+    from lmlab.studies._induction_measure import (
+        folder_settings,
+        measure_settings,
+        pick_snapshots,
+        read_errors,
+        snapshots_of,
+        summary_of,
+        transition_step,
+    )
+
+    mcfg = measure_config(cfg)
+    problems: list[str] = []
+    if cfg.checkpoints:
+        runs, problems = folder_settings(cfg.checkpoints)
+        training = pd.DataFrame([{"setting": r.name, "run_folder": r.out_dir, "pool": r.pool,
+                                  "seed": r.seed, "steps": r.steps} for r in runs])
+        run_dir.update_meta({"data_source": f"checkpoints in {Path(cfg.checkpoints)}"})
+    else:
+        runs, training = _train(cfg, run_dir)
+    run_dir.save_table("training.csv", training)
+    start = time.perf_counter()
+    measures, lacks = measure_settings(runs, mcfg, methods=cfg.method, rel_dists=cfg.rel_dist)
+    problems = list(dict.fromkeys([*problems, *lacks]))
+    names = set(measures["setting"])
+    errors: dict[str, pd.DataFrame] = {}
+    for r in runs:  # a setting that cannot be measured still shows its error log
+        errors[r.name], problem = read_errors(r.out_dir)
+        if problem and not any(p.startswith(f"{r.name}:") and "err_arr" in p
+                               for p in problems):
+            problems.append(f"{r.name}: {problem}")
+    kept = [r for r in runs if r.name in names or len(errors[r.name])]
+    errors = {r.name: errors[r.name] for r in kept}
+    measured = [r for r in kept if r.name in names]
+    snaps = {r.name: pick_snapshots(measures.loc[measures["setting"] == r.name, "step"],
+                                    transition_step(errors[r.name]), cfg.snapshot_steps)
+             for r in measured}
+    snapshots, more = snapshots_of(measured, snaps, rel_dist=cfg.rel_dist[0], cfg=mcfg)
+    measure_seconds = time.perf_counter() - start
+    run_dir.save_table("measures.csv", measures)
+    baseline = _baseline(measures, cfg.method[0])
+    summary = summary_of(cfg, kept, errors, measures, baseline, measure_seconds,
+                         [*problems, *more], snaps)
+    return Result(cfg, summary, training, measures, errors, baseline, _pool_sweep(summary),
+                  snapshots)
+
+
+def _train(cfg: Config, run_dir: RunDir) -> tuple[list[SettingRun], pd.DataFrame]:
+    """Train (or resume) every setting; its run folders and the training table."""
+    from lmlab.studies._induction_measure import SettingRun
     from lmlab.sweep import run_sweep
 
     root = Path(cfg.runs_dir) if cfg.runs_dir else run_dir.path / "settings"
     cells = cells_of(cfg, root)
     training = run_sweep(train_cell, cells, cfg.sweep, store=root / "sweep",
                          desc="induction settings").drop(columns=["cell"], errors="ignore")
-    run_dir.save_table("training.csv", training)
-    mcfg = MeasureConfig(r_sign=cfg.r_sign, argmax_axis=cfg.argmax_axis,  # type: ignore[arg-type]
-                         layernorm=cfg.layernorm)  # type: ignore[arg-type]
-    start = time.perf_counter()
-    measures = measure_runs({c.name: c.out_dir for c in cells}, mcfg)
-    measure_seconds = time.perf_counter() - start
-    run_dir.save_table("measures.csv", measures)
-    baseline = random_baseline(64, list(range(1, 33)))
-    errors = {c.name: _errors(c.out_dir) for c in cells}
-    summary = _summary(cfg, cells, errors, measures, baseline, measure_seconds)
-    return Result(cfg, summary, training, measures, errors, np.asarray(baseline),
-                  _pool_sweep(summary))
+    return [SettingRun(c.name, c.out_dir, c.pool, c.setting.seed, cfg.steps)
+            for c in cells], training
 
 
-def _errors(out_dir: str) -> pd.DataFrame:
-    """The run's error log: cheap estimates and the full evaluations (``full`` true)."""
-    import json
+def _baseline(measures: pd.DataFrame, method: str) -> np.ndarray:
+    """The random baseline of ``method`` at ranks 1..32: from the table where it was measured,
+    else computed for d = 64."""
+    from lmlab.circuits import random_baseline
 
-    path = Path(out_dir) / "err_arr.json"
-    if not path.is_file():
-        return pd.DataFrame(columns=["epoch", "err_test", "err_ood", "full"])
-    df = pd.DataFrame(json.loads(path.read_text()))
-    if "full" not in df:
-        df["full"] = False
-    df["full"] = df["full"].fillna(False).astype(bool)
-    return df
-
-
-def _summary(cfg: Config, cells: list[TrainCell], errors: dict[str, pd.DataFrame],
-             measures: pd.DataFrame, baseline: np.ndarray,
-             measure_seconds: float) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
-    for cell in cells:
-        err = errors[cell.name]
-        full = err[err["full"]].sort_values("epoch")
-        below = full[full["err_ood"] < 0.5]
-        m = measures[measures["setting"] == cell.name].sort_values("step")
-        settings[cell.name] = {
-            "pool": cell.pool or None,
-            "transition_step": int(below["epoch"].iloc[0]) + 1 if len(below) else None,
-            "final_err_id": float(full["err_test"].iloc[-1]) if len(full) else None,
-            "final_err_ood": float(full["err_ood"].iloc[-1]) if len(full) else None,
-            "final_err_id_nofloor": _last(full, "err_test_nofloor"),
-            "final_err_ood_nofloor": _last(full, "err_ood_nofloor"),
-            "match_r5_at_end": float(m["match_r5"].iloc[-1]) if len(m) else None,
-            "zscore_at_end": float(m["zscore"].iloc[-1]) if len(m) else None,
-            "checkpoints": len(m),
-        }
-    return {"steps": cfg.steps, "num_layers": cfg.num_layers, "seed": cfg.seed,
-            "conventions": {"R": f"rotary R(rel_dist={cfg.r_sign:+d})",
-                            "argmax_axis": cfg.argmax_axis, "layernorm": cfg.layernorm},
-            "baseline_r5": float(baseline[4]), "measure_seconds": round(measure_seconds, 2),
-            "settings": settings}
-
-
-def _last(df: pd.DataFrame, col: str) -> float | None:
-    if col not in df or not len(df):
-        return None
-    value = float(df[col].iloc[-1])
-    return None if math.isnan(value) else value
+    cols = [f"baseline_r{r}" for r in range(1, 33)]
+    rows = measures[measures["method"] == method] if "method" in measures else measures
+    if len(rows) and all(c in rows for c in cols):
+        return rows[cols].iloc[0].to_numpy(dtype=np.float64)
+    return np.asarray(random_baseline(64, list(range(1, 33)), method=method),  # type: ignore[arg-type]
+                      dtype=np.float64)
 
 
 def _pool_sweep(summary: dict[str, Any]) -> pd.DataFrame:
-    """The final OOD error of every setting that has one, against its pool (inf: infinite)."""
-    rows = [(float(info["pool"] or math.inf), info["final_err_ood"])
-            for info in summary["settings"].values() if info["final_err_ood"] is not None]
-    return pd.DataFrame(rows, columns=["pool", "final_err_ood"], dtype=float)
+    """The final OOD error of every measured setting that has one, against its pool (inf:
+    infinite)."""
+    rows = [(float(info["pool"] or math.inf),
+             float(info.get("seed") if info.get("seed") is not None
+                   else summary.get("seed", 0)),
+             info["final_err_ood"])
+            for info in summary["settings"].values()
+            if info["final_err_ood"] is not None and info.get("checkpoints", 1) > 0]
+    return pd.DataFrame(rows, columns=["pool", "seed", "final_err_ood"], dtype=float)
 
 
 def plot(result: Result) -> dict[str, Figure]:
-    """Every figure of a finished run, from the ``Result`` alone: five panels per setting,
-    the settings overlaid, and (with two settings or more) OOD error against the pool size.
+    """Every figure of a finished run, from the ``Result`` alone: the source's five panels
+    per setting (one row per method and rel_dist), the settings overlaid, the
+    relative-distance sweep (with several distances), the W_qkov / QK0 heat maps, position
+    matching and ScreeNOT ranks, and (with two settings or more) OOD error against the pool.
 
     >>> err = pd.DataFrame({"epoch": [-1, 19], "err_test": [0.97, 0.9], "err_ood": [0.98, 0.98],
     ...                     "full": [True, True]})
@@ -341,51 +438,14 @@ def plot(result: Result) -> dict[str, Figure]:
     >>> sorted(plot(res))
     ['overlay', 'setting_a']
     """
-    from lmlab.plotting import captioned
-    from lmlab.plotting.induction import plot_overlay, plot_pool_sweep, plot_setting_panels
+    from lmlab.studies._induction_report import all_figures
 
-    cfg, measures = result.config, result.measures
-    figures: dict[str, Figure] = {}
-    for name, info in result.summary["settings"].items():
-        fig = plot_setting_panels(result.errors[name], measures[measures["setting"] == name],
-                                  result.baseline, ranks=cfg.ranks_plotted,
-                                  title=f"{name} (pool {info['pool'] or '∞'})")
-        figures[f"setting_{name}"] = captioned(
-            fig, f"{name}: ID/OOD error (log step), diagonal z-score, QK–OV matching vs the "
-                 "random baseline, token mismatch, embedding–OV matching.")
-    figures["overlay"] = captioned(plot_overlay(result.errors, measures),
-                                   "All settings: OOD error and QK–OV matching (r = 5) against "
-                                   "steps.")
-    if len(result.pool_sweep) > 1:
-        pools = {float(p): float(e) for p, e in zip(result.pool_sweep["pool"],
-                                                     result.pool_sweep["final_err_ood"],
-                                                     strict=True)}
-        figures["pool_sweep"] = captioned(
-            plot_pool_sweep(pools, steps=cfg.steps),
-            f"OOD error after {cfg.steps:,} steps against the pool size.")
-    return figures
+    return all_figures(result)
 
 
 def report(result: Result, figures: dict[str, Figure]) -> Report:
-    """The report of a finished run: what ran, the table per setting, the figures."""
-    cfg, s = result.config, result.summary
-    rep = Report("Induction heads, composition and OOD copying")
-    rep.add_text(
-        f"2-layer rotary attention-only transformer (d 64, vocabulary 64, one head per layer"
-        f"{'' if cfg.num_layers == 2 else f'; here {cfg.num_layers} layers'}), copying task of "
-        f"length 64 with a segment of 10–19 tokens written twice over a Zipf background; "
-        f"OOD: uniform tokens, segment length 25. AdamW lr 1e-3, batch 50 fresh sequences, "
-        f"{cfg.steps:,} steps, seed {cfg.seed}; checkpoints and full ID/OOD evaluations "
-        f"({cfg.eval_full:,} sequences each) every {cfg.save_every} steps, cheap estimates "
-        f"({cfg.eval_cheap} + {cfg.eval_cheap}) every {cfg.eval_every}. Errors use the authors' "
-        "mask, whose floor for a perfect copier is 0.092 (ID) / 0.047 (OOD); the floor-free "
-        "variant is in the table. Measurement conventions: "
-        f"{s['conventions']['R']}, argmax over {cfg.argmax_axis}s, LayerNorm {cfg.layernorm}.")
-    rows = [{"setting": k, **v} for k, v in s["settings"].items()]
-    rep.add_table(pd.DataFrame(rows), caption=f"Per setting (random baseline at r = 5: "
-                                              f"{s['baseline_r5']:.3f})")
-    rep.add_figures(figures, names=[*(f"setting_{name}" for name in s["settings"]), "overlay",
-                                    "pool_sweep"])
-    rep.add_text(f"Measurement pass over every checkpoint of every setting: "
-                 f"{s['measure_seconds']:.1f} s.")
-    return rep
+    """The report of a finished run: what ran (or which folder was measured), the problems
+    found, the table per setting, the figures."""
+    from lmlab.studies._induction_report import build_report
+
+    return build_report(result, figures)

@@ -20,7 +20,11 @@ Files in ``out_dir`` (names and keys as the authors', so their notebook code rea
   full test sets marked ``"full": true`` with the floor-free errors ``err_test_nofloor``,
   ``err_ood_nofloor``. The initial weights get a full entry with ``epoch = −1`` (and
   ``loss_train = err_train = null``: there is no training batch yet). The authors evaluated
-  the full sets after every step, which costs ~5 s per step on a CPU;
+  the full sets after every step, which costs ~5 s per step on a CPU. With
+  ``err_layout="authors"`` (and ``eval_every=1``) ``err_arr.json`` is instead the authors' dense
+  layout — one record per step with their seven keys, so ``err_arr[k − 1]`` belongs to
+  ``ckpt_k.pt`` as their notebook expects — and the full evaluations (with ``epoch = −1``) go to
+  ``err_full.json`` (:mod:`lmlab.studies._induction_errlog`);
 * ``test.pth`` / ``test_ood.pth``: ``[tokens, lens, starts]`` int64 tensors;
 * ``train_state.pt``: optimiser, scheduler, random states and step at the last checkpoint
   (written by the training core, :mod:`lmlab.train.core`; tensors and plain values only). A
@@ -45,7 +49,6 @@ NumPy streams, the pattern pool, the ID test set, the OOD test set and the train
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -57,11 +60,19 @@ import torch
 from torch.nn import functional as F
 
 from lmlab.config import check_ranges, config_diff, ranged, seed_field
-from lmlab.data.copying import CopyTask, copy_mask, error_rate, make_pool, sample_batch
-from lmlab.errors import LmlabError, first_line
+from lmlab.data.copying import CopyTask, make_pool, sample_batch
+from lmlab.errors import LmlabError
 from lmlab.models.rotary_tf import RotaryConfig, TFModel, load_state
 from lmlab.runs.io import atomic_save_torch, atomic_write_json
 from lmlab.runtime import limit_threads
+from lmlab.studies._induction_errlog import (
+    ERR_KEYS,
+    ErrLayout,
+    EvalSet,
+    entry,
+    err_files,
+    read_err_files,
+)
 from lmlab.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -72,13 +83,7 @@ from lmlab.train.core import TrainParts, check_finite, check_finite_weights, pro
 
 __all__ = ["ERR_KEYS", "PAPER_SETTINGS", "TrainSetting", "run_config", "train_setting"]
 
-ERR_KEYS: tuple[str, ...] = (
-    "epoch", "loss_train", "err_train", "loss_test", "err_test", "loss_ood", "err_ood",
-)
-"""The keys of every ``err_arr.json`` entry (full entries add ``full`` and ``*_nofloor``)."""
-
 _STATE = "train_state.pt"
-_EVAL_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,9 @@ class TrainSetting:
         task: The copying task.
         constant_lr_quirk: lr / 3 for the first 5 steps, as ``ConstantLR(opt)`` with its
             default arguments does in the authors' code; False for a constant lr.
+        err_layout: ``"lmlab"`` (sparse ``err_arr.json``) or ``"authors"`` (one record per
+            step, exactly the authors' keys; needs ``eval_every = 1``); see
+            :mod:`lmlab.studies._induction_errlog`.
 
     >>> TrainSetting("small_pool_size", pool_size=100).resolved_task.pool_size
     100
@@ -124,6 +132,7 @@ class TrainSetting:
     mlp: bool = False
     task: CopyTask = CopyTask()
     constant_lr_quirk: bool = True
+    err_layout: ErrLayout = "lmlab"
 
     @property
     def resolved_task(self) -> CopyTask:
@@ -154,6 +163,12 @@ class TrainSetting:
         if self.eval_cheap > self.eval_full:
             raise LmlabError(f"setting.eval_cheap={self.eval_cheap} must not exceed "
                              f"eval_full={self.eval_full} (the cheap set is a prefix)")
+        if self.err_layout not in ("lmlab", "authors"):
+            raise LmlabError(f"setting.err_layout must be 'lmlab' or 'authors' (got "
+                             f"{self.err_layout!r})")
+        if self.err_layout == "authors" and self.eval_every != 1:
+            raise LmlabError(f"err_layout='authors' writes one err_arr.json record per step: set "
+                             f"eval_every=1 (got {self.eval_every})")
         self.resolved_task.validate()
         self.model_config().validate()
 
@@ -227,59 +242,9 @@ def run_config(setting: TrainSetting, out_dir: str | os.PathLike[str]) -> dict[s
         "eval_cheap": setting.eval_cheap,
         "eval_full": setting.eval_full,
         "constant_lr_quirk": setting.constant_lr_quirk,
+        # only when not the default, so that runs written before the key resume
+        **({"err_layout": setting.err_layout} if setting.err_layout != "lmlab" else {}),
     }
-
-
-class _EvalSet:
-    """A fixed test set as tensors, with both masks."""
-
-    def __init__(self, tokens: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> None:
-        T = tokens.shape[1]
-        self.tokens_np = tokens
-        self.tokens = torch.from_numpy(tokens)
-        self.mask = copy_mask(starts, lens, T)
-        self.mask_nofloor = copy_mask(starts, lens, T, floor_free=True)
-
-    def head(self, n: int) -> _EvalSet:
-        out = _EvalSet.__new__(_EvalSet)
-        out.tokens_np, out.tokens = self.tokens_np[:n], self.tokens[:n]
-        out.mask, out.mask_nofloor = self.mask[:n], self.mask_nofloor[:n]
-        return out
-
-
-@torch.no_grad()
-def _evaluate(model: TFModel, data: _EvalSet) -> tuple[float, float, float]:
-    """(mean next-token CE at every position, error, floor-free error), in eval mode."""
-    was_training = model.training
-    model.eval()
-    total, preds = 0.0, []
-    for i in range(0, len(data.tokens), _EVAL_CHUNK):
-        x = data.tokens[i : i + _EVAL_CHUNK]
-        logits = model(x)[:, :-1]  # (b, T-1, V)
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                 reduction="sum").item()
-        preds.append(logits.argmax(-1).numpy())
-    model.train(was_training)
-    pred = np.concatenate(preds)
-    loss = total / pred.size
-    return (loss, error_rate(pred, data.tokens_np, data.mask),
-            error_rate(pred, data.tokens_np, data.mask_nofloor))
-
-
-def _entry(epoch: int, model: TFModel, train: _EvalSet | None, test: _EvalSet, ood: _EvalSet,
-           full: bool) -> dict[str, Any]:
-    loss_train = err_train = None
-    if train is not None:
-        loss_train, err_train, _ = _evaluate(model, train)
-    loss_test, err_test, err_test_nf = _evaluate(model, test)
-    loss_ood, err_ood, err_ood_nf = _evaluate(model, ood)
-    entry: dict[str, Any] = {
-        "epoch": epoch, "loss_train": loss_train, "err_train": err_train,
-        "loss_test": loss_test, "err_test": err_test, "loss_ood": loss_ood, "err_ood": err_ood,
-    }
-    if full:
-        entry.update(full=True, err_test_nofloor=err_test_nf, err_ood_nofloor=err_ood_nf)
-    return entry
 
 
 class _Run:
@@ -297,7 +262,7 @@ class _Run:
                                     pool=self.pool)
         self.ood_np = sample_batch(task, setting.eval_full, np.random.default_rng(ood_ss),
                                    ood=True)
-        self.test, self.ood = _EvalSet(*self.test_np), _EvalSet(*self.ood_np)
+        self.test, self.ood = EvalSet(*self.test_np), EvalSet(*self.ood_np)
         self.cheap = (self.test.head(setting.eval_cheap), self.ood.head(setting.eval_cheap))
 
         torch.manual_seed(setting.seed)
@@ -324,7 +289,7 @@ class _Run:
                                              ("test_ood.pth", self.ood_np)):
             atomic_save_torch(self.out / name, [torch.from_numpy(tokens), torch.from_numpy(lens),
                                                 torch.from_numpy(starts)])
-        self.err_arr = [_entry(-1, self.model, None, self.test, self.ood, full=True)]
+        self.err_arr = [entry(-1, self.model, None, self.test, self.ood, full=True)]
         self.checkpoint(0)
         return 0
 
@@ -344,7 +309,7 @@ class _Run:
         if not isinstance(weights, dict):
             raise LmlabError(f"cannot resume {self.out} at step {start}: {ckpt} does not hold "
                              f"a state dict; {again}")
-        saved_arr = self._saved_err_arr(start, again)
+        saved_arr = read_err_files(self.out, self.setting.err_layout, start, again)
         try:
             load_state(self.model, weights)
         except LmlabError:  # the setting was checked above: the file is a foreign one
@@ -354,27 +319,18 @@ class _Run:
         self.err_arr = [e for e in saved_arr if e["epoch"] < start]
         return start
 
-    def _saved_err_arr(self, start: int, again: str) -> list[dict[str, Any]]:
-        """``err_arr.json`` as the last checkpoint left it (a list of entries with an epoch)."""
-        path = self.out / "err_arr.json"
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # missing, unreadable, not UTF-8 or not JSON
-            raise LmlabError(f"cannot resume {self.out} at step {start}: cannot read {path} "
-                             f"({first_line(exc)}); {again}") from None
-        if not (isinstance(saved, list)
-                and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in saved)):
-            raise LmlabError(f"cannot resume {self.out} at step {start}: {path} is not a list "
-                             f"of entries with an epoch; {again}")
-        return saved
-
     def checkpoint(self, step: int) -> None:
         """Weights, ``err_arr.json``, then the training state (the commit marker)."""
         check_finite_weights(self.model, step, hint="lower lr or check the setting",
                              kept=latest_checkpoint(self.out, _STATE))
         atomic_save_torch(self.out / f"ckpt_{step}.pt", self.model.state_dict())
-        atomic_write_json(self.out / "err_arr.json", self.err_arr)
+        self.write_errors()
         save_checkpoint(self.out, self.parts.state(step, config=self.config), name=_STATE)
+
+    def write_errors(self) -> None:
+        """The error log, in the setting's layout."""
+        for name, content in err_files(self.err_arr, self.setting.err_layout).items():
+            atomic_write_json(self.out / name, content)
 
     def train_step(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One AdamW step on a fresh batch (``step`` = updates after it); returns the batch."""
@@ -400,7 +356,7 @@ class _Run:
         t0 = time.perf_counter()
         full = step % self.setting.save_every == 0
         test, ood = (self.test, self.ood) if full else self.cheap
-        self.err_arr.append(_entry(step - 1, self.model, _EvalSet(*batch), test, ood, full=full))
+        self.err_arr.append(entry(step - 1, self.model, EvalSet(*batch), test, ood, full=full))
         if full:
             self.checkpoint(step)
         self.seconds_eval += time.perf_counter() - t0
@@ -409,7 +365,7 @@ class _Run:
     def finish(self, start: int, end: int) -> bool:
         """Write what lies beyond the last checkpoint, and ``ckpt.pt`` once the run is done."""
         if end > start and end % self.setting.save_every:
-            atomic_write_json(self.out / "err_arr.json", self.err_arr)
+            self.write_errors()
         finished = end == self.setting.steps
         if finished:
             atomic_save_torch(self.out / "ckpt.pt", self.model.state_dict())
