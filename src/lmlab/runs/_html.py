@@ -1,27 +1,32 @@
-"""HTML for reports: a minimal Markdown converter and the self-contained page template.
+"""HTML for reports: Markdown rendered by markdown-it-py, and the self-contained page template.
 
-The converter handles what reports need and nothing more: paragraphs, ``#`` headings,
-``**bold**``, inline code, ``- `` bullet lists and ``[text](url)`` links. All text is escaped.
+Text blocks are CommonMark with pipe tables, so ``report.md`` and ``report.html`` show the same
+emphasis, lists, tables, headings, links and code. Raw HTML in the Markdown is escaped, never
+passed through (reports embed model names and file paths), and links only keep a relative
+target or an ``http``, ``https`` or ``mailto`` one.
 
 >>> markdown_to_html("Loss is **low** and `alpha < 2`.")
 '<p>Loss is <strong>low</strong> and <code>alpha &lt; 2</code>.</p>'
 >>> markdown_to_html("- one\\n- two")
 '<ul>\\n<li>one</li>\\n<li>two</li>\\n</ul>'
+>>> markdown_to_html("<script>alert(1)</script>")
+'<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>'
 """
 
 from __future__ import annotations
 
 import html
-import re
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-__all__ = ["markdown_to_html", "page"]
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
 
-_CODE = re.compile(r"(`[^`]+`)")
-_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_BULLET = re.compile(r"[-*+]\s+(.*)")
-_HEADING = re.compile(r"(#{1,6})\s+(.*)")
+__all__ = ["inline_to_html", "markdown_to_html", "page"]
+
 _SAFE_SCHEMES = ("", "http", "https", "mailto")
 
 CSS = """
@@ -34,7 +39,11 @@ h1 { font-size: 1.9rem; line-height: 1.25; margin: 0 0 1.5rem; }
 h2 { font-size: 1.4rem; margin: 2.2rem 0 .8rem; padding-bottom: .3rem;
   border-bottom: 1px solid #e5e7eb; }
 h3, h4, h5, h6 { font-size: 1.1rem; margin: 1.6rem 0 .6rem; }
-p, ul { margin: .6rem 0 1rem; }
+p, ul, ol { margin: .6rem 0 1rem; }
+li > ul, li > ol { margin: .2rem 0; }
+blockquote { margin: 1rem 0; padding: 0 1rem; color: #57606a; border-left: 4px solid #e5e7eb; }
+pre { background: #f3f4f6; padding: .8rem 1rem; border-radius: 4px; overflow-x: auto; }
+pre code { background: none; padding: 0; word-break: normal; }
 a { color: #0969da; }
 code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   background: #f3f4f6; padding: .1em .35em; border-radius: 4px; word-break: break-all; }
@@ -54,85 +63,58 @@ figcaption { color: #57606a; font-size: .92rem; margin-top: .5rem; }
 """.strip()
 
 
-def _bold(escaped: str) -> str:
-    return _BOLD.sub(r"<strong>\1</strong>", escaped)
+def _table_open(self: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+    return '<div class="table-wrap"><table>\n'
 
 
-def _plain_inline(text: str) -> str:
-    out: list[str] = []
-    pos = 0
-    for match in _LINK.finditer(text):
-        out.append(_bold(html.escape(text[pos : match.start()])))
-        label, url = match.group(1), match.group(2)
-        if urlparse(url).scheme.lower() in _SAFE_SCHEMES:
-            href = html.escape(url, quote=True)
-            out.append(f'<a href="{href}">{_bold(html.escape(label))}</a>')
-        else:
-            out.append(_bold(html.escape(match.group(0))))
-        pos = match.end()
-    out.append(_bold(html.escape(text[pos:])))
-    return "".join(out)
+def _table_close(self: Any, tokens: Sequence[Token], idx: int, options: Any, env: Any) -> str:
+    return "</table></div>\n"
+
+
+@lru_cache(maxsize=1)
+def _renderer() -> MarkdownIt:
+    """The shared CommonMark + tables parser: no raw HTML, no typographic replacements."""
+    from markdown_it import MarkdownIt
+
+    class _ReportMarkdown(MarkdownIt):
+        def validateLink(self, url: str) -> bool:  # noqa: N802 (markdown-it's name)
+            """markdown-it's check (no ``javascript:``, ``file:`` ...) and a scheme allowlist."""
+            return super().validateLink(url) and urlparse(url).scheme.lower() in _SAFE_SCHEMES
+
+    md = _ReportMarkdown("commonmark", {"html": False, "typographer": False, "linkify": False})
+    md.enable("table")
+    md.add_render_rule("table_open", _table_open)
+    md.add_render_rule("table_close", _table_close)
+    return md
 
 
 def inline_to_html(text: str) -> str:
-    """Convert inline Markdown (code spans, links, bold) to escaped HTML.
+    """Convert inline Markdown (emphasis, code spans, links) to escaped HTML, without a ``<p>``.
 
-    >>> inline_to_html("[docs](https://example.org?a=1&b=2)")
-    '<a href="https://example.org?a=1&amp;b=2">docs</a>'
+    >>> inline_to_html("[docs](https://example.org?a=1&b=2) *and* `a&b`")
+    '<a href="https://example.org?a=1&amp;b=2">docs</a> <em>and</em> <code>a&amp;b</code>'
     """
-    parts = _CODE.split(text)
-    return "".join(
-        f"<code>{html.escape(part[1:-1])}</code>"
-        if len(part) > 1 and part[0] == part[-1] == "`"
-        else _plain_inline(part)
-        for part in parts
-    )
+    return _renderer().renderInline(str(text))
 
 
 def markdown_to_html(markdown: str) -> str:
-    """Convert a small Markdown subset to HTML blocks (escaping all text).
+    """Convert Markdown (CommonMark and pipe tables) to HTML, escaping any raw HTML.
 
     Args:
-        markdown: Paragraphs separated by blank lines; ``- `` bullets; ``#`` headings.
+        markdown: The text: paragraphs, ``#`` headings, ``*emphasis*``, ``**bold**``, code
+            spans and fenced code, bullet and numbered lists (nested by indentation), pipe
+            tables, block quotes and ``[text](url)`` links.
 
     Returns:
-        HTML for the blocks, one per line group.
+        The HTML blocks, without a trailing newline. Tables come wrapped in
+        ``<div class="table-wrap">`` like the report's own tables.
+
+    >>> markdown_to_html("| a | b |\\n|---|---|\\n| 1 | x |").splitlines()[:2]
+    ['<div class="table-wrap"><table>', '<thead>']
+    >>> markdown_to_html("[x](javascript:alert(1))")
+    '<p>[x](javascript:alert(1))</p>'
     """
-    out: list[str] = []
-    paragraph: list[str] = []
-    items: list[str] = []
-
-    def flush() -> None:
-        if paragraph:
-            out.append("<p>" + inline_to_html("\n".join(paragraph)) + "</p>")
-            paragraph.clear()
-        if items:
-            lis = "\n".join(f"<li>{inline_to_html(item)}</li>" for item in items)
-            out.append(f"<ul>\n{lis}\n</ul>")
-            items.clear()
-
-    for line in markdown.splitlines():
-        stripped = line.strip()
-        bullet = _BULLET.fullmatch(stripped)
-        heading = _HEADING.fullmatch(stripped)
-        if not stripped:
-            flush()
-        elif bullet:
-            if paragraph:
-                flush()
-            items.append(bullet.group(1))
-        elif heading:
-            flush()
-            level = len(heading.group(1))
-            out.append(f"<h{level}>{inline_to_html(heading.group(2))}</h{level}>")
-        elif items and line[:1] in (" ", "\t"):
-            items[-1] += " " + stripped
-        else:
-            if items:
-                flush()
-            paragraph.append(stripped)
-    flush()
-    return "\n".join(out)
+    return _renderer().render(str(markdown)).rstrip("\n")
 
 
 def page(title: str, body: str) -> str:

@@ -1,9 +1,10 @@
 """Run reports: a list of blocks saved as ``report.json``, rendered to Markdown and static HTML.
 
-A :class:`Report` collects headings, text (a small Markdown subset), key/value tables, data
-tables and figures. :func:`write_report` stores the blocks and renders ``report.md`` and
-``report.html``; :func:`render_report` renders them again from ``report.json``. Every rendered
-report ends with a "What ran" section built from the run's ``meta.json``.
+A :class:`Report` collects headings, text (CommonMark Markdown with pipe tables), key/value
+tables, data tables and figures. :func:`write_report` stores the blocks and renders
+``report.md`` and ``report.html``; :func:`render_report` renders them again from
+``report.json``. Every rendered report ends with a "What ran" section built from the run's
+``meta.json``.
 
 >>> import tempfile, pathlib
 >>> report = Report("Demo")
@@ -105,7 +106,7 @@ class Report:
         self._blocks.append({"type": "heading", "text": str(text), "level": int(level)})
 
     def add_text(self, markdown: str) -> None:
-        """Add text in a Markdown subset: paragraphs, ``**bold**``, code, ``- `` lists, links."""
+        """Add Markdown text (CommonMark and pipe tables; raw HTML is shown as text in the page)."""
         self._blocks.append({"type": "text", "markdown": str(markdown)})
 
     def add_key_values(self, d: Mapping[str, object], caption: str | None = None) -> None:
@@ -316,7 +317,7 @@ def _to_html(title: str, blocks: Sequence[Mapping[str, Any]]) -> str:
             level = min(max(int(block["level"]), 2), 6)
             parts.append(f"<h{level}>{html.escape(block['text'])}</h{level}>")
         elif kind == "text":
-            parts.append(markdown_to_html(block["markdown"]))
+            parts.append(markdown_to_html(block["markdown"].strip()))  # as report.md has it
         elif kind == "key_values":
             parts.append(_html_table(["name", "value"], block["rows"], caption, "kv"))
         elif kind == "table":
