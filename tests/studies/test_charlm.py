@@ -55,6 +55,27 @@ def test_summary_holds_every_check(run_path: Path) -> None:
     assert all(set(w) <= set("abcdefghijklmnopqrstuvwxyz") for w in s["samples"]["e01"])
 
 
+def test_min_batch_loss_is_the_lowest_logged_step_loss(run_path: Path) -> None:
+    from lmlab.studies import load_result
+
+    s = json.loads((run_path / "summary.json").read_text())
+    curve = load_result(run_path).curves["mlp-e01"]
+    assert len(curve) == 600
+    assert s["min_batch_loss"] == pytest.approx(float(min(curve)), abs=1e-7)
+    assert s["min_batch_loss"] < float(curve[-50:].mean())  # a minimum, not a typical step
+
+
+def test_zero_init_step0_evidence_in_the_summary(run_path: Path) -> None:
+    s = json.loads((run_path / "summary.json").read_text())
+    assert s["zero_init_h_max_abs"] == 0.0 and s["zero_init_W1_grad_max_abs"] == 0.0
+    assert s["zero_init_step0_loss"] == pytest.approx(math.log(27), abs=1e-6)
+    table = pd.read_csv(run_path / "losses.csv").set_index("model")
+    assert s["zero_init_step0_loss"] == pytest.approx(  # the loop's own first step
+        table.loc["mlp-zero", "step0_loss"], abs=1e-6)
+    assert 0 < s["zero_init_b2_grad_max_abs"] < 1
+    assert "max |W1.grad| = 0" in (run_path / "report.md").read_text()
+
+
 def test_tables_metrics_and_report(run_path: Path) -> None:
     table = pd.read_csv(run_path / "losses.csv")
     assert set(table["model"]) == {"mlp-e01", "mlp-e03", "mlp-unscaled", "mlp-zero",

@@ -33,13 +33,13 @@ from lmlab.studies._charlm_train import (
 )
 
 if TYPE_CHECKING:
-    from lmlab.models.char_mlp import CharMLPEnsemble, MLPVariant
+    from lmlab.models.char_mlp import CharMLPEnsemble, MLPShape, MLPVariant
     from lmlab.runs import RunDir
     from lmlab.studies.charlm import MLPConfig, TransformerConfig, WaveNetConfig
     from lmlab.train.sampled import StepResult
 
-__all__ = ["MLPPhase", "ModelPhase", "run_mlp", "run_transformer", "run_wavenet",
-           "tanh_histogram"]
+__all__ = ["MLPPhase", "ModelPhase", "lecture2_biases", "run_mlp", "run_transformer",
+           "run_wavenet", "tanh_histogram", "zero_init_evidence"]
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -135,6 +135,10 @@ def run_mlp(cfg: MLPConfig, variants: list[MLPVariant], seed: int, words: Words,
     Xtr, Ytr = splits["train"]
     ens = CharMLPEnsemble(shape, variants, seed=seed, device=device)
     names = ens.names
+    lecture2_biases(ens, seed)
+    zero = next((v for v in variants if v.init == "zero"), None)
+    evidence = (zero_init_evidence(shape, zero, seed, Xtr, Ytr, cfg.train.batch_size)
+                if zero is not None else dict.fromkeys(ZERO_INIT_KEYS))
     init_loss = ens.loss(Xtr, Ytr, batch_stats=True).tolist()
     probe = Xtr[torch.randperm(Xtr.shape[0], generator=torch.Generator().manual_seed(0))[:2000]
                 .to(device)]
@@ -153,8 +157,8 @@ def run_mlp(cfg: MLPConfig, variants: list[MLPVariant], seed: int, words: Words,
              "step0_loss": float(res.losses[k, 0])} for k, name in enumerate(names)]
     log_curves(run_dir, "mlp", names, res.losses)
     symmetry = _symmetry(ens, splits["dev"][0])
-    summary = _mlp_summary(ens, splits["dev"][0], losses, init_loss, res, symmetry,
-                           words.vocab.size)
+    summary = {**_mlp_summary(ens, splits["dev"][0], losses, init_loss, res, symmetry,
+                              words.vocab.size), **evidence}
     save_weights(run_dir, "mlp_ensemble", {
         "names": names, "shape": dataclasses.asdict(shape), "vocab": words.vocab.itos,
         "params": {n: t.cpu() for n, t in ens.params.items()},
@@ -192,7 +196,68 @@ def _mlp_summary(ens: CharMLPEnsemble, Xdv: torch.Tensor, losses: dict[str, list
         "member_steps_per_second": round(res.steps_per_second * len(names), 1),
         "mlp_seconds": round(res.seconds, 2), "symmetry": symmetry.to_dict("records"),
         **{f"init_loss_{v}": init_loss[names.index(v)] if v in names else None
-           for v in ("unscaled", "zero")}}
+           for v in ("unscaled", "zero")},
+        "min_batch_loss": float(res.losses[k01].min())}
+
+
+#: The summary keys of :func:`zero_init_evidence`.
+ZERO_INIT_KEYS = ("zero_init_h_max_abs", "zero_init_W1_grad_max_abs",
+                  "zero_init_b2_grad_max_abs", "zero_init_step0_loss")
+
+
+def zero_init_evidence(shape: MLPShape, variant: MLPVariant, seed: int, X: torch.Tensor,
+                       Y: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """The zero-initialisation exercise at step 0, on the first minibatch the training loop
+    draws: the tanh layer's largest |h| (0), the largest |dL/dW1| by autograd (0: no hidden
+    unit moves, so they stay identical), the largest |dL/db2| (not 0: only the output bias
+    learns) and the loss (−ln(1/vocab_size)).
+
+    The weights are :class:`~lmlab.models.char_mlp.CharMLP`'s (the autograd reference) drawn
+    from ``seed``; the minibatch continues that generator as the ensemble's loop does.
+
+    >>> from lmlab.models.char_mlp import MLPShape, MLPVariant
+    >>> X, Y = torch.zeros((100, 3), dtype=torch.long), torch.zeros(100, dtype=torch.long)
+    >>> ev = zero_init_evidence(MLPShape(), MLPVariant("zero", init="zero"), 1, X, Y, 32)
+    >>> ev["zero_init_h_max_abs"], ev["zero_init_W1_grad_max_abs"]
+    (0.0, 0.0)
+    >>> round(ev["zero_init_step0_loss"], 4), round(ev["zero_init_b2_grad_max_abs"], 4)
+    (3.2958, 0.963)
+    """
+    from lmlab.models.char_mlp import CharMLP, CharMLPEnsemble
+
+    gen = torch.Generator().manual_seed(seed)
+    model = CharMLP(shape, variant, generator=gen)
+    ix = torch.randint(0, X.shape[0], (batch_size,), generator=gen)
+    xb, yb = X.cpu()[ix], Y.cpu()[ix]
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(xb), yb)
+    loss.backward()
+    h = CharMLPEnsemble(shape, [variant], seed=seed).hidden(xb, batch_stats=True)
+    assert model.W1.grad is not None and model.b2.grad is not None
+    return {"zero_init_h_max_abs": float(h.abs().max()),
+            "zero_init_W1_grad_max_abs": float(model.W1.grad.abs().max()),
+            "zero_init_b2_grad_max_abs": float(model.b2.grad.abs().max()),
+            "zero_init_step0_loss": float(loss.detach())}
+
+
+def lecture2_biases(ens: CharMLPEnsemble, seed: int, name: str = "lecture2") -> None:
+    """Give member ``name`` (if any) lecture part 2's biases: b1 and b2 ~ N(0, 1), the draws of
+    :func:`~lmlab.models.char_mlp.init_mlp_params` unscaled (it makes b1 · 0.01 and b2 = 0).
+
+    >>> from lmlab.models.char_mlp import CharMLPEnsemble, MLPShape, MLPVariant
+    >>> v = MLPVariant("lecture2", init="gaussian", last_layer_scale=1.0, batchnorm=False)
+    >>> ens = CharMLPEnsemble(MLPShape(), [MLPVariant("e01"), v], seed=1)
+    >>> lecture2_biases(ens, 1)
+    >>> float(ens.params["b2"][0].abs().max()), float(ens.params["b2"][1].std()) > 0.5
+    (0.0, True)
+    """
+    if name not in ens.names:
+        return
+    k, (V, T, E, H) = ens.names.index(name), dataclasses.astuple(ens.shape)
+    gen = torch.Generator().manual_seed(seed)
+    draws = [torch.randn(size, generator=gen) for size in ((V, E), (T * E, H), (H,), (H, V), (V,))]
+    ens.params["b1"][k, 0] = draws[2].to(ens.params["b1"])  # the lecture's C, W1, b1, W2, b2
+    ens.params["b2"][k, 0] = draws[4].to(ens.params["b2"])
 
 
 def _member_sampler(ens: CharMLPEnsemble, block_size: int, device: torch.device
