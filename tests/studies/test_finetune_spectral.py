@@ -80,7 +80,25 @@ def test_whole_study_on_a_tiny_gpt2(tiny_run: RunDir, tiny_dir: Path) -> None:
     assert summary["mean_alpha_pre"] == pytest.approx(
         pre.loc[pre.status == "success", "alpha"].mean())
 
+    # the homework's printed numbers and answers, recomputed from the files
+    assert summary["params"] == sum(p.numel() for p in
+                                    transformers.GPT2LMHeadModel.from_pretrained(tiny_dir)
+                                    .parameters() if p.requires_grad)
+    losses = metrics.loc[metrics["kind"] == "train", "loss"].tolist()
+    assert summary["train_loss_mean"] == pytest.approx(sum(losses) / len(losses))
+    a0, a1 = summary["mean_alpha_pre"], summary["mean_alpha_post"]
+    assert summary["alpha_mean_in_2_6_before"] is (2 <= a0 <= 6)
+    assert summary["alpha_mean_in_2_6_after"] is (2 <= a1 <= 6)
+    same = (a1 > a0) == (summary["perplexity"] > summary["perplexity_pre"])
+    assert summary["alpha_ppl_same_direction"] is same
+    ok = pre.status.eq("success") & post.status.eq("success")
+    moved = sorted(zip(pre.longname[ok], post.alpha[ok] - pre.alpha[ok], strict=True),
+                   key=lambda t: -abs(t[1]))[:3]
+    assert summary["top_delta_alpha_layers"] == [n for n, _ in moved]
+    assert summary["top_delta_alpha"] == pytest.approx([d for _, d in moved])
+
     html = (run.path / "report.html").read_text()
+    assert f"{summary['params']:,} trainable parameters" in html
     for fig in ("mean_alpha", "delta_alpha", "alpha_over_training", "loss"):
         assert f'src="figures/{fig}.png"' in html
         assert (run.path / "figures" / f"{fig}.png").read_bytes()[:4] == b"\x89PNG"

@@ -30,6 +30,12 @@ from lmlab._files import file_kind, given_path
 from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
+from lmlab.studies._finetune_answers import (
+    answer_sentences,
+    homework_answers,
+    mean_train_loss,
+    trainable_params,
+)
 from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.train.callbacks import Timed
 from lmlab.train.loop import TrainConfig
@@ -71,6 +77,15 @@ SUMMARY = Summary(
     SummaryKey("steps", int, "optimisation steps"),
     SummaryKey("tokens_per_second", float, "training tokens per second"),
     SummaryKey("tracking_seconds", float, "time spent in spectral tracking during training"),
+    SummaryKey("params", int, "trainable parameters of the model fine-tuned (tied ones once)"),
+    SummaryKey("train_loss_mean", float,
+               "mean of the per-step training losses (HF Trainer's training_loss)"),
+    SummaryKey("alpha_mean_in_2_6_before", bool, "2 ≤ mean α ≤ 6 before fine-tuning (Q1b)"),
+    SummaryKey("alpha_mean_in_2_6_after", bool, "2 ≤ mean α ≤ 6 after fine-tuning (Q1b)"),
+    SummaryKey("top_delta_alpha_layers", list, "the 3 layers of largest |Δα|, largest first"),
+    SummaryKey("top_delta_alpha", list, "their signed Δα = α after − α before"),
+    SummaryKey("alpha_ppl_same_direction", bool,
+               "mean α and perplexity both rose or both fell (null: one did not move)"),
 )
 
 
@@ -299,7 +314,10 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     run_dir.save_table("spectra_post.csv", post)
     run_dir.save_table("summary_table.csv", stages)
     tracked = tracker.frame()
-    return Result(cfg, pre, post, tracked, alpha_by_step(tracked), delta_alpha(pre, post), stages,
+    delta = delta_alpha(pre, post)
+    summary.update(params=trainable_params(model), train_loss_mean=mean_train_loss(result.history),
+                   **homework_answers(stages, delta))
+    return Result(cfg, pre, post, tracked, alpha_by_step(tracked), delta, stages,
                   result.history, result.evals, summary)
 
 
@@ -435,6 +453,10 @@ def report(result: Result, figures: dict[str, Figure]) -> Report:
                   caption="Summary (test loss = mean token loss, padding excluded)")
     rep.add_key_values({k.key: s[k.key] for k in SUMMARY if k.key in s}, caption="summary.json")
     rep.add_figures(figures, names=["mean_alpha", "delta_alpha", "alpha_over_training", "loss"])
+    rep.add_heading("The homework's questions")
+    for sentence in answer_sentences(result.stages, result.delta, result.history,
+                                     params=s.get("params")):
+        rep.add_text(sentence)
     rep.add_heading("Interpretation")
     rep.add_text(interpret(result.delta))
     return rep
