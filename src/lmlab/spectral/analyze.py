@@ -46,7 +46,7 @@ from lmlab.spectral.options import NOT_SUPPORTED, AnalyzeOptions, check_options
 from lmlab.spectral.sources import LayerRef, describe_source, iter_layers
 
 __all__ = ["analyze", "summarize", "layer_spectra", "check_layer_names", "options_from",
-           "select_layers", "shifted_ids",
+           "select_layers", "shifted_ids", "analyze_with_spectra",
            "split_filters", "columns_for",
            "WW_COLUMNS", "LMLAB_COLUMNS", "LAYER_TYPES", "FitMode"]
 
@@ -328,18 +328,37 @@ def analyze(
         LmlabError: bad path, corrupt or unsafe file, an invalid option, a ``layers`` entry
             that names no layer, a base model that does not match, or no weight matrices.
     """
-    from lmlab.runtime import limit_threads
-
     opts = options if options is not None else options_from(**kwargs)
     if options is not None:
         if kwargs:
             raise LmlabError("give either options= or option keywords, not both")
         check_options(opts)
+    return analyze_with_spectra(model_or_path, layers=layers, base_model=base_model,
+                                device=device, threads=threads, progress=progress,
+                                options=opts, keep_esds=False)[0]
+
+
+def analyze_with_spectra(
+    model_or_path: Any,
+    *,
+    layers: Sequence[int | str] | int | str | None = None,
+    base_model: Any = None,
+    device: Any = None,
+    threads: int | None = None,
+    progress: bool | None = None,
+    options: AnalyzeOptions,
+    keep_esds: bool = True,
+) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """:func:`analyze`'s table and, in the same pass, the eigenvalues of every analysed layer
+    by ``layer_id`` (for per-layer figures; nothing is computed twice). ``options`` must have
+    been checked (:func:`options_from` or :func:`check_options`)."""
+    from lmlab.runtime import limit_threads
+
     if isinstance(layers, str | int):
         layers = [layers]
     with limit_threads(threads):
-        rows, _ = _iter_rows(model_or_path, opts, layers=layers, base_model=base_model,
-                             device=device, progress=progress, keep_esds=False)
+        rows, esds = _iter_rows(model_or_path, options, layers=layers, base_model=base_model,
+                                device=device, progress=progress, keep_esds=keep_esds)
     if not rows:
         what = describe_source(model_or_path)
         detail = f" matching layers={layers!r}" if layers else ""
@@ -347,7 +366,7 @@ def analyze(
             f"no weight matrices{detail} found in {what}: expected Linear, Conv1D, Conv2d or "
             "Embedding layers (or 2-D '*.weight' tensors in a file)"
         )
-    return _frame(rows, columns_for(opts))
+    return _frame(rows, columns_for(options)), esds
 
 
 def layer_spectra(model_or_path: Any, layers: Sequence[int | str], *,

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.spectral.detx import weak_rank_loss
 from lmlab.spectral.esd import Spectrum, matrices_of, spectrum_of
 from lmlab.spectral.options import AnalyzeOptions
 from lmlab.spectral.sources import LayerRef
@@ -82,7 +83,7 @@ def _esd_metrics(spec: Spectrum, N: int, tolerance: float) -> dict[str, Any]:
     rank = int(np.count_nonzero(sv > np.max(sv) * N * np.finfo(sv.dtype).eps))
     return dict(
         has_esd=True, num_evals=len(evals), sv_max=spec.sv_max, sv_min=spec.sv_min,
-        rank_loss=spec.rank_loss, weak_rank_loss=int(np.count_nonzero(evals < tolerance)),
+        rank_loss=spec.rank_loss, weak_rank_loss=weak_rank_loss(evals, tolerance),
         lambda_max=spectral_norm, norm=norm, log_norm=math.log10(norm),
         spectral_norm=spectral_norm, log_spectral_norm=math.log10(spectral_norm),
         stable_rank=norm / spectral_norm, matrix_rank=rank, entropy=_matrix_entropy(sv, rank),

@@ -109,15 +109,15 @@ class WeightWatcher:
         :class:`~lmlab.spectral.options.AnalyzeOptions`); those lmlab leaves out are refused
         with the reason. ``plot=True`` saves one figure per layer under ``savefig``.
         """
-        from lmlab.spectral.analyze import analyze
+        from lmlab.spectral.analyze import analyze_with_spectra, options_from
 
-        source = self._model(model)
-        table = analyze(source, layers=_as_layers(layers), base_model=self._base(base_model),
-                        progress=False, **options)
+        table, esds = analyze_with_spectra(
+            self._model(model), layers=_as_layers(layers), base_model=self._base(base_model),
+            progress=False, options=options_from(**options), keep_esds=plot)
         self.table = table
         self.details = table[table["status"] != "skipped"].reset_index(drop=True)
         if plot:
-            self._save_layer_figures(source, options, savefig, base_model)
+            self._save_layer_figures(esds, savefig)
         return self.details
 
     def get_details(self) -> pd.DataFrame | None:
@@ -194,28 +194,20 @@ class WeightWatcher:
 
     # ----------------------------------------------------------------------------- figures
 
-    def _save_layer_figures(self, source: Any, options: dict[str, Any], savefig: bool | str,
-                            base_model: Any) -> None:
+    def _save_layer_figures(self, esds: dict[int, np.ndarray], savefig: bool | str) -> None:
+        """One four-panel figure per analysed layer, from the eigenvalues of the analysis."""
         from lmlab.plotting.spectral import figure_of, plot_layer_panels
-        from lmlab.spectral.analyze import layer_spectra
 
         assert self.details is not None
-        ok = self.details[self.details["has_esd"]]
-        if ok.empty:
-            return
-        directory = Path("ww-img" if savefig is True or savefig == "" else str(savefig))
         if savefig is False:
             return
+        directory = Path("ww-img" if savefig is True or savefig == "" else str(savefig))
         directory.mkdir(parents=True, exist_ok=True)
-        keep = {k: v for k, v in options.items() if k not in ("layers",)}
-        esds = layer_spectra(source, [int(i) for i in ok["layer_id"]],
-                             base_model=self._base(base_model), **keep)
-        for row in ok.itertuples():
+        for row in self.details[self.details["has_esd"]].itertuples():
             evals = esds.get(int(row.layer_id))
-            if evals is None:
-                continue
-            fig = figure_of(plot_layer_panels(evals, row._asdict()))
-            fig.savefig(directory / f"ww.layer{int(row.layer_id)}.esd.png", dpi=90)
+            if evals is not None:
+                fig = figure_of(plot_layer_panels(evals, row._asdict()))
+                fig.savefig(directory / f"ww.layer{int(row.layer_id)}.esd.png", dpi=90)
 
     # ----------------------------------------------------------------------------- others
 
@@ -269,6 +261,7 @@ class WeightWatcher:
         return ``None``); its ``analyze(vectors=True)`` summary columns are also offered."""
         from lmlab.spectral.analyze import select_layers
         from lmlab.spectral.esd import matrices_of
+        from lmlab.spectral.extras import prepared_matrices
         from lmlab.spectral.layer import _to_numpy, dims_of, skip_reason
         from lmlab.spectral.options import AnalyzeOptions
         from lmlab.spectral.sources import iter_layers
@@ -280,8 +273,8 @@ class WeightWatcher:
             if skip_reason(*dims_of(ref), ref, opts):
                 continue
             mats, N, M, rf = matrices_of(_to_numpy(ref.load()), ref.layer_type)
-            table = eigenvector_metrics(mats, scale=0.5**0.5 if ref.layer_type == "conv2d"
-                                        else 1.0)
+            mats, scale = prepared_matrices(mats, N, M, rf, ref.layer_type, opts)
+            table = eigenvector_metrics(mats, scale=scale)
             table.insert(0, "longname", ref.longname)
             table.insert(0, "layer_id", ref.layer_id)
             frames.append(table)

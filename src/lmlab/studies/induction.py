@@ -149,8 +149,9 @@ class Config:
             ``<name>_seed<s>``); empty = ``seed`` alone.
         err_layout: ``lmlab``: a sparse err_arr.json (cheap estimates every eval_every steps,
             full evaluations marked at checkpoints); ``authors``: the authors' dense layout,
-            one record per step that their notebook indexes by step (needs eval_every=1; about
-            2.6× slower training with eval_cheap=200), full evaluations in err_full.json.
+            one record per step that their notebook indexes by step (needs eval_every=1: a
+            cheap evaluation after every step, which slows training), full evaluations in
+            err_full.json.
         method: the subspace-matching statistics: ``largest`` (σ_max, the largest principal
             cosine) and/or ``mean`` (the RMS of the r principal cosines).
         rel_dist: the rotary distances t of R in W_qk = W_q1ᵀ R(t) W_k1 / √d (0: R = I); one
