@@ -149,3 +149,57 @@ def test_a_failed_write_leaves_no_partial_file(
     with pytest.raises(LmlabError, match=r"No space left on device; set LMLAB_CACHE"):
         download_once(f"{base}/data.json", "data.json", timeout=5)
     assert list(cache.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- known hashes
+
+
+def _local(tmp_path: Path, payload: bytes = PAYLOAD) -> str:
+    src = tmp_path / "src" / "data.json"
+    src.parent.mkdir(exist_ok=True)
+    src.write_bytes(payload)
+    return src.as_uri()
+
+
+def test_a_download_with_the_wrong_hash_is_refused_and_not_kept(
+    tmp_path: Path, cache: Path
+) -> None:
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    right = hashlib.sha256(PAYLOAD).hexdigest()
+    with pytest.raises(LmlabError, match=rf"SHA-256 {right}, not the expected {wrong}; it was "
+                                         r"not kept.*--set data\.path=PATH$"):
+        download_once(_local(tmp_path), "data.json", sha256=wrong)
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_the_right_hash_is_accepted_and_rechecked_from_the_cache(
+    tmp_path: Path, cache: Path
+) -> None:
+    right = hashlib.sha256(PAYLOAD).hexdigest()
+    url = _local(tmp_path)
+    path = download_once(url, "data.json", sha256=right.upper())
+    assert path == cache / "data.json" and path.read_bytes() == PAYLOAD
+    (tmp_path / "src" / "data.json").unlink()  # served from the cache now
+    assert download_once(url, "data.json", sha256=right) == path
+
+
+def test_a_corrupt_cached_copy_is_refused_against_the_known_hash(
+    tmp_path: Path, cache: Path
+) -> None:
+    right = hashlib.sha256(PAYLOAD).hexdigest()
+    url = _local(tmp_path)
+    path = download_once(url, "data.json", sha256=right)
+    bad = PAYLOAD.replace(b"q", b"Q")
+    path.write_bytes(bad)
+    (cache / "data.json.sha256").write_text(hashlib.sha256(bad).hexdigest())  # sidecar agrees
+    got = hashlib.sha256(bad).hexdigest()
+    with pytest.raises(LmlabError, match=rf"cached file {path} has SHA-256 {got}, not the "
+                                         rf"expected {right}; delete it"):
+        download_once(url, "data.json", sha256=right)
+    assert download_once(url, "data.json") == path  # without a known hash: first use trusted
+
+
+@pytest.mark.parametrize("digest", ["abc", "g" * 64, ""])
+def test_a_malformed_expected_hash_is_a_user_error(cache: Path, digest: str) -> None:
+    with pytest.raises(LmlabError, match="64 hexadecimal digits"):
+        download_once("file:///nonexistent", "x.json", sha256=digest)

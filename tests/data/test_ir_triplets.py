@@ -18,6 +18,10 @@ from lmlab.data import (
 )
 from lmlab.errors import LmlabError
 
+# from the spec (specs/finetune.md §A): the commit pinned and the SHA-256 of its file
+SPEC_COMMIT = "f6bceaee2fe1682953c4c7d303c91ae201dbd08b"
+SPEC_SHA256 = "08bbd96b1ca005ea4704c4b7514bac1fbdac85dfe94d77dd5f9e7c92363ad376"
+
 
 def test_real_file_has_the_documented_shape(ir_path: Path) -> None:
     records = load_ir_triplets(ir_path)
@@ -151,16 +155,17 @@ def test_load_without_a_path_uses_the_cached_download(
 
     calls = []
 
-    def fake_download(url: str, name: str) -> Path:
-        calls.append((url, name))
+    def fake_download(url: str, name: str, sha256: str | None = None) -> Path:
+        calls.append((url, name, sha256))
         return ir_path
 
     monkeypatch.setattr(ir_triplets, "download_once", fake_download)
     assert len(load_ir_triplets()) == 1807
-    assert calls == [(ir_triplets.IR_TRIPLETS_URL, "ir_triplets.json")]
+    assert calls == [(ir_triplets.IR_TRIPLETS_URL, "ir_triplets.json", SPEC_SHA256)]
     load_ir_triplets(url="https://example.org/mirror.json")
     assert calls[1][0] == "https://example.org/mirror.json"
     assert calls[1][1].startswith("ir_triplets-") and calls[1][1].endswith(".json")
+    assert calls[1][2] is None  # another URL: trusted on first use, no known hash
 
 
 def test_a_corrupt_cached_download_says_to_delete_it(
@@ -170,7 +175,7 @@ def test_a_corrupt_cached_download_says_to_delete_it(
 
     cached = tmp_path / "ir_triplets.json"
     cached.write_text("[{", encoding="utf-8")
-    monkeypatch.setattr(ir_triplets, "download_once", lambda url, name: cached)
+    monkeypatch.setattr(ir_triplets, "download_once", lambda url, name, sha256: cached)
     with pytest.raises(LmlabError, match=f"{cached} is not valid JSON.*delete {cached}"):
         load_ir_triplets()
 
@@ -208,3 +213,50 @@ def test_the_smallest_splittable_sample_splits() -> None:
         train, test = sample_split(range(need), None, test_fraction=fraction)
         assert len(test) == 1 and len(train) == need - 1
     assert sample_split(range(1), None, test_fraction=0.0) == ([0], [])
+
+
+def test_the_download_is_pinned_to_one_commit_and_hash(ir_path: Path) -> None:
+    import hashlib
+
+    from lmlab.data import IR_TRIPLETS_SHA256, IR_TRIPLETS_URL
+
+    assert IR_TRIPLETS_URL == (f"https://raw.githubusercontent.com/omroot/InductiveSLM/"
+                               f"{SPEC_COMMIT}/cache/raw_data/ir_triplets/ir_triplets.json")
+    assert IR_TRIPLETS_SHA256 == SPEC_SHA256
+    data = ir_path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == SPEC_SHA256
+    assert len(data.decode("utf-8")) == 781_701
+
+
+def _serve_as_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data: bytes) -> str:
+    """Serve ``data`` from a file:// URL that stands in for the pinned URL; empty cache."""
+    from lmlab.data import ir_triplets
+
+    src = tmp_path / "www" / "ir_triplets.json"
+    src.parent.mkdir()
+    src.write_bytes(data)
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ir_triplets, "IR_TRIPLETS_URL", src.as_uri())
+    return src.as_uri()
+
+
+def test_the_pinned_download_accepts_the_published_file(
+    ir_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _serve_as_pinned(monkeypatch, tmp_path, ir_path.read_bytes())
+    assert len(load_ir_triplets(url=url)) == 1807
+    assert (tmp_path / "cache" / "data" / "ir_triplets.json").is_file()
+
+
+def test_the_pinned_download_refuses_an_altered_file(
+    ir_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    altered = ir_path.read_bytes().replace(b"Question", b"Quest1on", 1)
+    url = _serve_as_pinned(monkeypatch, tmp_path, altered)
+    with pytest.raises(LmlabError, match=f"not the expected {SPEC_SHA256}; it was not kept"):
+        load_ir_triplets(url=url)
+    assert not (tmp_path / "cache" / "data" / "ir_triplets.json").exists()
+    # the same bytes from a URL of the user's own are trusted on first use
+    mirror = tmp_path / "www" / "mirror.json"
+    mirror.write_bytes(altered)
+    assert len(load_ir_triplets(url=mirror.as_uri())) == 1807

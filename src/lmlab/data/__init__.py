@@ -13,6 +13,7 @@ from lmlab.data.cache import data_cache_dir, download_once
 from lmlab.data.ir_triplets import (
     DEFAULT_TEMPLATE,
     FIELDS,
+    IR_TRIPLETS_SHA256,
     IR_TRIPLETS_URL,
     format_records,
     load_ir_triplets,
@@ -21,10 +22,12 @@ from lmlab.data.ir_triplets import (
 from lmlab.data.lines import WIKITEXT2_SOURCE, text_file_lines, token_budget, wikitext2_lines
 from lmlab.data.lm import CausalLMCollator, tokenize_texts
 from lmlab.data.text_sources import STDLIB_DOCSTRINGS_SOURCE, stdlib_docstrings
+from lmlab.data.user_text import load_user_texts
 
 __all__ = [
     "DEFAULT_TEMPLATE",
     "FIELDS",
+    "IR_TRIPLETS_SHA256",
     "IR_TRIPLETS_URL",
     "STDLIB_DOCSTRINGS_SOURCE",
     "WIKITEXT2_SOURCE",
@@ -33,6 +36,7 @@ __all__ = [
     "download_once",
     "format_records",
     "load_ir_triplets",
+    "load_user_texts",
     "sample_split",
     "stdlib_docstrings",
     "text_file_lines",

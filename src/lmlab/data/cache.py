@@ -2,7 +2,9 @@
 
 The cache lives in :func:`data_cache_dir`. Every downloaded file ``<name>`` has a sidecar
 ``<name>.sha256`` written at download time; later calls re-check the file against it, so a
-truncated or edited copy is reported instead of silently used.
+truncated or edited copy is reported instead of silently used. A caller that knows the file's
+published hash passes it as ``sha256=``: then a download or a cached copy with any other hash is
+refused (trust on first use is only for files without a known hash).
 
 >>> data_cache_dir().name
 'data'
@@ -69,6 +71,21 @@ def _verified(path: Path, sidecar: Path) -> Path:
     return path
 
 
+def _mismatch(what: str, got: str, expected: str, advice: str) -> LmlabError:
+    return LmlabError(
+        f"{what} has SHA-256 {got}, not the expected {expected}; {advice}"
+    )
+
+
+def _expected_hash(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    digest = sha256.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise LmlabError(f"invalid SHA-256 {sha256!r}: give 64 hexadecimal digits")
+    return digest
+
+
 def _unreachable(url: str, exc: BaseException) -> LmlabError:
     if isinstance(exc, urllib.error.HTTPError):
         reason = f"HTTP {exc.code} {exc.reason}"
@@ -104,23 +121,28 @@ def _fetch(url: str, dest: IO[bytes], timeout: float) -> str:
     return digest.hexdigest()
 
 
-def download_once(url: str, name: str, *, timeout: float = 20.0) -> Path:
+def download_once(url: str, name: str, *, timeout: float = 20.0,
+                  sha256: str | None = None) -> Path:
     """The cached copy of ``url`` as ``data_cache_dir() / name``, downloading it if absent.
 
-    A cached file is checked against its recorded SHA-256 (``<name>.sha256``) on every
-    call. A download goes to a temporary file in the cache directory and is renamed into
-    place only once complete, so an interrupted download never leaves a partial file.
+    A cached file is checked on every call: against ``sha256`` when given, else against the
+    SHA-256 recorded at download time (``<name>.sha256``, trust on first use). A download goes
+    to a temporary file in the cache directory and is renamed into place only once complete
+    and, with ``sha256``, only if its hash matches, so neither an interrupted nor an altered
+    download is ever kept.
 
     Args:
         url: where to fetch the file from.
         name: the file name in the cache (a plain name, no directories).
         timeout: seconds to wait for the server before giving up.
+        sha256: the file's known SHA-256 (64 hex digits); ``None`` trusts the first download.
 
     Returns:
         The path of the cached file.
 
     Raises:
-        LmlabError: the URL cannot be reached, or the cached copy is corrupt.
+        LmlabError: the URL cannot be reached, the download's hash is not ``sha256``, or the
+            cached copy is corrupt (its hash differs from ``sha256`` or from its sidecar).
 
     >>> import os, pathlib, tempfile
     >>> from unittest import mock
@@ -129,17 +151,33 @@ def download_once(url: str, name: str, *, timeout: float = 20.0) -> Path:
     >>> with mock.patch.dict(os.environ, {"LMLAB_CACHE": tempfile.mkdtemp()}):
     ...     path = download_once(src.as_uri(), "hello.txt")
     ...     path.read_text(), path.with_name("hello.txt.sha256").is_file()
+    ...     try:
+    ...         download_once(src.as_uri(), "other.txt", sha256="0" * 64)
+    ...     except LmlabError as e:
+    ...         print("not the expected 000" in str(e), (path.parent / "other.txt").exists())
     ('hello', True)
+    True False
     """
     if not name or Path(name).name != name or name in (".", ".."):
         raise LmlabError(f"invalid cache file name {name!r}; use a plain file name")
+    expected = _expected_hash(sha256)
     cache = data_cache_dir()
     path, sidecar = cache / name, cache / f"{name}.sha256"
     if path.is_file():
-        return _verified(path, sidecar)
+        if expected is None:
+            return _verified(path, sidecar)
+        got = _sha256(path)
+        if got != expected:
+            raise _mismatch(f"the cached file {path}", got, expected,
+                            f"delete it to download it again from {url}")
+        return path
 
     def write(handle: IO[bytes]) -> None:  # the checksum lands before the file it describes
         digest = _fetch(url, handle, timeout)
+        if expected is not None and digest != expected:
+            raise _mismatch(f"the file downloaded from {url}", digest, expected,
+                            "it was not kept: the source changed or the download was altered; "
+                            "pass a checked local copy with --set data.path=PATH")
         line = f"{digest}  {name}\n".encode()
         atomic_write_with(sidecar, lambda f: f.write(line), hint=_CACHE_HINT)
 

@@ -2,7 +2,9 @@
 
 The dataset is a JSON list of 1,807 records with the fields :data:`FIELDS`, in 10
 inductive-reasoning forms. It is not shipped with lmlab: :func:`load_ir_triplets` reads a
-local copy, or downloads :data:`IR_TRIPLETS_URL` once into the data cache.
+local copy, or downloads :data:`IR_TRIPLETS_URL` once into the data cache. That URL is pinned to
+one commit of the InductiveSLM repository, and the download (and every later use of the cached
+copy) must have the SHA-256 :data:`IR_TRIPLETS_SHA256`; any other URL is trusted on first use.
 
 :func:`format_records` turns records into texts with a template, and :func:`sample_split`
 draws the fine-tuning sample and its train/test split exactly as the reference homework does.
@@ -35,6 +37,8 @@ from lmlab.errors import LmlabError
 __all__ = [
     "DEFAULT_TEMPLATE",
     "FIELDS",
+    "IR_TRIPLETS_COMMIT",
+    "IR_TRIPLETS_SHA256",
     "IR_TRIPLETS_URL",
     "format_records",
     "load_ir_triplets",
@@ -43,10 +47,14 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: The commit of omroot/InductiveSLM whose copy of the file is used (the branch moves).
+IR_TRIPLETS_COMMIT = "f6bceaee2fe1682953c4c7d303c91ae201dbd08b"
 IR_TRIPLETS_URL = (
-    "https://raw.githubusercontent.com/omroot/InductiveSLM/master/"
+    f"https://raw.githubusercontent.com/omroot/InductiveSLM/{IR_TRIPLETS_COMMIT}/"
     "cache/raw_data/ir_triplets/ir_triplets.json"
 )
+#: The SHA-256 of the file at :data:`IR_TRIPLETS_URL` (781,701 characters, 1,807 records).
+IR_TRIPLETS_SHA256 = "08bbd96b1ca005ea4704c4b7514bac1fbdac85dfe94d77dd5f9e7c92363ad376"
 DEFAULT_TEMPLATE = "Context: {Training Observations}\n\nQuestion: {Question}\n\nAnswer: {Answer}"
 FIELDS = ("form", "Training Observations", "Question", "Answer")
 
@@ -61,15 +69,18 @@ def load_ir_triplets(
     Args:
         path: a local copy of the JSON file; ``None`` uses the copy cached from ``url``,
             downloading it on first use.
-        url: where to download the file from when ``path`` is ``None``. The default URL is
-            cached as ``ir_triplets.json``; any other URL gets its own cache entry.
+        url: where to download the file from when ``path`` is ``None``. The default (pinned)
+            URL is cached as ``ir_triplets.json`` and checked against
+            :data:`IR_TRIPLETS_SHA256`; any other URL gets its own cache entry and is trusted on
+            first use (its hash is recorded then, not known in advance).
 
     Returns:
         One dict per record, mapping field names to strings.
 
     Raises:
         LmlabError: the file is missing, is not valid JSON, is not a list of objects with
-            string values, or (with ``path=None``) cannot be downloaded.
+            string values, or (with ``path=None``) cannot be downloaded or, from the pinned
+            URL, does not have the known SHA-256.
 
     >>> import json, pathlib, tempfile
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "mini.json"
@@ -78,7 +89,8 @@ def load_ir_triplets(
     'a'
     """
     if path is None:
-        file = download_once(url, _cache_name(url))
+        known = IR_TRIPLETS_SHA256 if url == IR_TRIPLETS_URL else None
+        file = download_once(url, _cache_name(url), sha256=known)
         hint = f"delete {file} to download it again, or pass a local copy with --set data.path"
     else:
         file = given_path(path)
@@ -155,7 +167,10 @@ def _template_fields(template: str) -> list[str]:
 
 
 def format_records(
-    records: Sequence[Mapping[str, Any]], template: str = DEFAULT_TEMPLATE
+    records: Sequence[Mapping[str, Any]],
+    template: str = DEFAULT_TEMPLATE,
+    *,
+    labels: Sequence[str] | None = None,
 ) -> list[str]:
     """One text per record, with the record's fields substituted into ``template``.
 
@@ -166,6 +181,8 @@ def format_records(
         records: the records (mappings from field names to values).
         template: the text layout; the default is the homework's
             ``"Context: ...\\n\\nQuestion: ...\\n\\nAnswer: ..."``.
+        labels: how error messages name each record (e.g. ``"line 7 of notes.jsonl"``);
+            by default ``"record i"`` (0-based).
 
     Returns:
         The formatted texts, in the order of ``records``.
@@ -185,25 +202,26 @@ def format_records(
     fields = _template_fields(template)
     texts = []
     for i, record in enumerate(records):
+        label = f"record {i}" if labels is None else labels[i]
         for field in fields:
             if field not in record:
-                raise LmlabError(_missing_field_message(i, field, record))
+                raise LmlabError(_missing_field_message(label, field, record))
         try:
             texts.append(template.format_map(record))
         except (KeyError, IndexError, AttributeError, ValueError, TypeError) as e:
             raise LmlabError(
-                f"cannot format record {i} with the template {template!r} ({e}); "
+                f"cannot format {label} with the template {template!r} ({e}); "
                 f"use plain {{Field}} placeholders"
             ) from None
     return texts
 
 
-def _missing_field_message(index: int, field: str, record: Mapping[str, Any]) -> str:
+def _missing_field_message(label: str, field: str, record: Mapping[str, Any]) -> str:
     present = ", ".join(repr(k) for k in record) or "none"
     close = difflib.get_close_matches(field, [str(k) for k in record], n=1)
     advice = f"did you mean {{{close[0]}}}? " if close else ""
     return (
-        f"record {index} has no field {field!r} used by the template; fields present: "
+        f"{label} has no field {field!r} used by the template; fields present: "
         f"{present}; {advice}fix the template or the data"
     )
 

@@ -19,7 +19,8 @@ from lmlab.plotting.spectral import new_axes, short_layer_name
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-__all__ = ["plot_delta_alpha", "plot_layer_importance", "plot_loss_curves",
+__all__ = ["plot_alpha_and_test_loss", "plot_delta_alpha", "plot_layer_importance",
+           "plot_loss_curves",
            "plot_mean_alpha_bars", "plot_perplexity_per_epoch", "plot_train_loss"]
 
 _KIND_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -83,6 +84,40 @@ def plot_loss_curves(history: Sequence[Mapping[str, Any]], evals: Sequence[Mappi
     ax.set_ylabel("mean token loss (nats)")
     ax.set_title("Loss during fine-tuning")
     ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def plot_alpha_and_test_loss(tracking: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Mean α (left axis) and test loss (right axis) at every tracked step.
+
+    Args:
+        tracking: one row per tracked step with ``step``, ``mean_alpha`` and ``test_loss``
+            (:func:`lmlab.studies._finetune_tracking.alpha_and_test_loss`).
+
+    Returns:
+        The α axes; the test loss is drawn on its twin, the figure's next axes.
+
+    >>> t = pd.DataFrame({"step": [0, 5], "mean_alpha": [4.0, 3.9], "test_loss": [3.0, 2.5]})
+    >>> ax = plot_alpha_and_test_loss(t)
+    >>> [[float(y) for y in a.lines[0].get_ydata()] for a in ax.figure.axes]
+    [[4.0, 3.9], [3.0, 2.5]]
+    """
+    ax = ax or new_axes((7.0, 4.0))
+    ax.set_xlabel("step")
+    ax.set_title("Mean α and test loss during fine-tuning")
+    right = ax.twinx()
+    if tracking.empty:
+        ax.text(0.5, 0.5, "no tracked steps recorded", ha="center", va="center",
+                transform=ax.transAxes)
+        return ax
+    a = ax.plot(tracking["step"], tracking["mean_alpha"], "o-", color="#1f77b4",
+                label="mean α over layers")
+    ax.set_ylabel("mean α", color="#1f77b4")
+    has = tracking["test_loss"].notna()
+    b = right.plot(tracking.loc[has, "step"], tracking.loc[has, "test_loss"], "s--",
+                   color="#d62728", label="test loss")
+    right.set_ylabel("test loss (mean token loss, nats)", color="#d62728")
+    ax.legend(handles=[*a, *b], frameon=False, fontsize=8, loc="best")
     return ax
 
 

@@ -3,14 +3,19 @@
 After the homework "Spectral Analysis of Fine-tuned Language Models": fine-tune a pretrained
 causal LM on IR-Triplets (inductive-reasoning triplets) and measure every layer's power-law
 exponent α (Martin & Mahoney, JMLR 2021; weightwatcher's estimator) before, during and after
-training, with the test loss and perplexity. Claim under test: fine-tuning moves α, and layers
-in 2 ≤ α ≤ 6 are "healthy" — a heuristic whose limits the report states.
+training, with the test loss and perplexity at the same steps. Claim under test: fine-tuning
+moves α, and layers in 2 ≤ α ≤ 6 are "healthy" — a heuristic whose limits the report states.
+Any text of the user's trains as well: ``data.path`` takes IR-Triplets-style JSON records, JSON
+Lines (with ``data.template``) or plain text (``data.format``).
 
 Commands::
 
     lmlab run finetune-spectral --preset quick     # offline: smollm2-135m, a few minutes on CPU
     lmlab run finetune-spectral --preset paper     # the homework: distilgpt2, 500 samples
     lmlab run finetune-spectral --set data.path=ir_triplets.json --set train.epochs=2
+    lmlab run finetune-spectral --preset quick --set data.path=notes.txt --set data.format=lines
+    lmlab run finetune-spectral --preset quick --set data.path=qa.jsonl \
+        --set data.template='Q: {question} A: {answer}'
 
 Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel.
 
@@ -21,6 +26,7 @@ Under ``torchrun --nproc_per_node=N`` the same command trains data-parallel.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,6 +34,7 @@ import pandas as pd
 
 from lmlab._files import file_kind, given_path
 from lmlab.config import ranged, seed_field
+from lmlab.data.ir_triplets import IR_TRIPLETS_URL
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
 from lmlab.studies._finetune_answers import (
@@ -36,6 +43,8 @@ from lmlab.studies._finetune_answers import (
     mean_train_loss,
     trainable_params,
 )
+from lmlab.studies._finetune_data import texts as _texts
+from lmlab.studies._finetune_tracking import TestLossTracker, alpha_and_test_loss
 from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.train.callbacks import Timed
 from lmlab.train.loop import TrainConfig
@@ -94,12 +103,19 @@ class DataConfig:
     """Where the text comes from and how it is split.
 
     Attributes:
-        source: ``ir-triplets`` (``path``, or the cached download of ``url``),
+        source: ``ir-triplets`` (the file in ``path``, or the cached download of ``url``),
             ``stdlib-docstrings`` (real offline English prose), or ``auto``: ``path`` if given,
             else a cached IR-Triplets download, else the standard-library docstrings.
-        path: a local IR-Triplets JSON file.
-        url: where IR-Triplets is downloaded from (once, then cached with its checksum).
-        template: how a record becomes text (fields in braces).
+        path: a local file: IR-Triplets or other JSON records, JSON Lines, or plain text
+            (see ``format``).
+        format: how ``path`` is read: ``json`` (a list of records), ``jsonl`` (one object per
+            line), ``lines`` (one document per line), ``paragraphs`` (documents separated by
+            blank lines), or ``auto``: by the extension (.json, .jsonl), else by the content
+            (see :mod:`lmlab.data.user_text`).
+        url: where IR-Triplets is downloaded from (once, then cached). The default is pinned
+            to one commit and checked against its known SHA-256; another URL is trusted on
+            first use, and the report says its data was not checked.
+        template: how a JSON or JSON Lines record becomes text (fields in braces).
         n_samples: records drawn with ``random.seed(seed); random.sample(...)`` (none: all).
         test_fraction: the first share of the sample is the test split.
         max_length: tokens per example (truncated).
@@ -108,8 +124,8 @@ class DataConfig:
 
     source: Literal["auto", "ir-triplets", "stdlib-docstrings"] = "ir-triplets"
     path: str | None = None
-    url: str = ("https://raw.githubusercontent.com/omroot/InductiveSLM/master/cache/raw_data/"
-                "ir_triplets/ir_triplets.json")
+    format: Literal["auto", "json", "jsonl", "lines", "paragraphs"] = "auto"
+    url: str = IR_TRIPLETS_URL
     template: str = "Context: {Training Observations}\n\nQuestion: {Question}\n\nAnswer: {Answer}"
     n_samples: int | None = ranged(500, 2, 10**7, why="the records are held in memory")
     test_fraction: float = ranged(0.2, 0, 1, open_lo=True, open_hi=True)
@@ -189,6 +205,9 @@ class Result:
         history: the training log, one row per step.
         evals: the test evaluations, one row per epoch.
         summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+        tracking: mean α, test loss and perplexity at every tracked step
+            (:func:`~lmlab.studies._finetune_tracking.alpha_and_test_loss`); empty for runs
+            saved before it was measured.
     """
 
     config: Config
@@ -201,40 +220,10 @@ class Result:
     history: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     summary: dict[str, Any]
+    tracking: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def _texts(cfg: DataConfig) -> tuple[list[str], list[str], str]:
-    """(train texts, test texts, name of the source)."""
-    from pathlib import Path
-
-    from lmlab.data import (
-        STDLIB_DOCSTRINGS_SOURCE,
-        data_cache_dir,
-        format_records,
-        load_ir_triplets,
-        sample_split,
-        stdlib_docstrings,
-    )
-
-    source = cfg.source
-    if source == "auto":
-        cached = data_cache_dir() / "ir_triplets.json"
-        source = "ir-triplets" if cfg.path or cached.exists() else "stdlib-docstrings"
-    if source == "stdlib-docstrings":
-        texts, name = stdlib_docstrings(), STDLIB_DOCSTRINGS_SOURCE
-    else:
-        records = load_ir_triplets(cfg.path, url=cfg.url)
-        texts = format_records(records, cfg.template)
-        name = f"IR-Triplets ({Path(cfg.path).name if cfg.path else 'downloaded, cached'})"
-    train, test = sample_split(texts, cfg.n_samples, seed=cfg.seed,
-                               test_fraction=cfg.test_fraction)
-    if not train or not test:
-        raise LmlabError(f"the split left {len(train)} train and {len(test)} test examples; "
-                         "raise data.n_samples")
-    return train, test, name
 
 
 # ----------------------------------------------------------------------------- run
@@ -252,7 +241,11 @@ def check(cfg: Config) -> None:
         if kind == "missing":
             raise LmlabError(f"no such data file: {path}; check data.path")
         if kind is not None:
-            raise LmlabError(f"the data file {path} is {kind}; give a JSON file in data.path")
+            raise LmlabError(f"the data file {path} is {kind}; give a text, JSON or JSON Lines "
+                             "file in data.path")
+    elif cfg.data.format != "auto":
+        raise LmlabError(f"data.format={cfg.data.format} describes the file in data.path, and "
+                         "none is given; add --set data.path=FILE")
     _texts(cfg.data)  # a file too small to split fails here, before any run directory
 
 
@@ -293,15 +286,27 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     tracker = SpectralTracker(every=cfg.spectral.track_every, at_begin=False, at_end=False,
                               sink=run_dir if ctx.is_main else None,
                               precision=cfg.spectral.precision)
+    # the test loss at every tracked step; the loop itself evaluates at each epoch's end
+    per_epoch = math.ceil(len(train_ex) / cfg.train.batch_size)
+    total = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    tests = TestLossTracker(
+        tracker.wants,
+        lambda m: evaluate_lm(m, test_ex, collate, batch_size=cfg.train.batch_size,
+                              device=device),  # callbacks run on the main process alone
+        skip=lambda step: step % per_epoch == 0 or step == total,
+        sink=run_dir.log_metrics if ctx.is_main else None)
     if ctx.is_main:  # a resumed run: keep what was logged up to its checkpoint
         run_dir.rewind_metrics(checkpoint_step(run_dir.checkpoints_dir))
-        tracker.restore(run_dir.read_metrics())
+        logged = run_dir.read_metrics()
+        tracker.restore(logged)
+        tests.restore(logged)
     pre = tracker.record(0, model)
+    tests.record(0, pre_eval)
     timed = Timed(tracker)
     result = train(model, train_ex, collate=collate, cfg=cfg.train, eval_examples=test_ex,
-                   callbacks=[timed], checkpoint_dir=run_dir.checkpoints_dir, resume=True,
-                   device=device, log=run_dir.log_metrics if ctx.is_main else None, ctx=ctx,
-                   progress=True)
+                   callbacks=[timed, tests], checkpoint_dir=run_dir.checkpoints_dir,
+                   resume=True, device=device, log=run_dir.log_metrics if ctx.is_main else None,
+                   ctx=ctx, progress=True)
     post = tracker.record(result.steps, model)
     final = result.evals[-1]
     summary = _summary(cfg, pre, post, pre_eval, final, result, source, len(train_ex),
@@ -314,11 +319,15 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     run_dir.save_table("spectra_post.csv", post)
     run_dir.save_table("summary_table.csv", stages)
     tracked = tracker.frame()
+    trajectory = alpha_by_step(tracked)
+    tracking = alpha_and_test_loss(trajectory, [*tests.rows, *result.evals])
+    if ctx.is_main:
+        run_dir.save_table("alpha_test_loss.csv", tracking)
     delta = delta_alpha(pre, post)
     summary.update(params=trainable_params(model), train_loss_mean=mean_train_loss(result.history),
                    **homework_answers(stages, delta))
-    return Result(cfg, pre, post, tracked, alpha_by_step(tracked), delta, stages,
-                  result.history, result.evals, summary)
+    return Result(cfg, pre, post, tracked, trajectory, delta, stages,
+                  result.history, result.evals, summary, tracking)
 
 
 def _summary(cfg: Config, pre: pd.DataFrame, post: pd.DataFrame, pre_eval: Any,
@@ -422,7 +431,12 @@ def interpret(delta: pd.DataFrame, threshold: float = 0.1) -> str:
 def plot(result: Result) -> dict[str, Figure]:
     """Every figure of a finished fine-tune, from the ``Result`` alone."""
     from lmlab.plotting import captioned, plot_alpha_over_training
-    from lmlab.plotting.finetune import plot_delta_alpha, plot_loss_curves, plot_mean_alpha_bars
+    from lmlab.plotting.finetune import (
+        plot_alpha_and_test_loss,
+        plot_delta_alpha,
+        plot_loss_curves,
+        plot_mean_alpha_bars,
+    )
 
     s = result.summary
     means = {"pre-trained": s["mean_alpha_pre"], "fine-tuned": s["mean_alpha_post"]}
@@ -437,6 +451,10 @@ def plot(result: Result) -> dict[str, Figure]:
             "α per layer during training (thin) and their mean (thick)."),
         "loss": captioned(plot_loss_curves(result.history, result.evals),
                           "Training loss per step and test loss after each epoch."),
+        "alpha_test_loss": captioned(
+            plot_alpha_and_test_loss(result.tracking),
+            "Mean α over layers (left axis) and held-out test loss (right axis) at every "
+            "step where α was measured; each axis spans its own range."),
     }
 
 
@@ -452,7 +470,14 @@ def report(result: Result, figures: dict[str, Figure]) -> Report:
     rep.add_table(result.stages,
                   caption="Summary (test loss = mean token loss, padding excluded)")
     rep.add_key_values({k.key: s[k.key] for k in SUMMARY if k.key in s}, caption="summary.json")
-    rep.add_figures(figures, names=["mean_alpha", "delta_alpha", "alpha_over_training", "loss"])
+    rep.add_figures(figures, names=["mean_alpha", "delta_alpha", "alpha_over_training",
+                                    "alpha_test_loss", "loss"])
+    if not result.tracking.empty:
+        extra = result.tracking.get("eval_seconds", pd.Series(dtype=float)).dropna()
+        rep.add_table(result.tracking, caption=(
+            "Mean α and test loss at every tracked step; eval_seconds: the evaluations made "
+            f"only for this table ({len(extra)}, {extra.sum():.1f} s in all; the others are "
+            "the run's own, before training and at epoch ends)"))
     rep.add_heading("The homework's questions")
     for sentence in answer_sentences(result.stages, result.delta, result.history,
                                      params=s.get("params")):
