@@ -59,3 +59,27 @@ def test_bad_modes_and_ranges(tiny_dir: Path, tmp_path: Path) -> None:
         run_study("ablation", preset="paper", out=tmp_path,
                   overrides=[f"model={tiny_dir}", "data.source=stdlib-docstrings",
                              "data.budget=100", "layers=5", "device=cpu"])
+
+
+def test_training_repeated_over_seeds(tiny_dir: Path, tmp_path: Path) -> None:
+    """seeds=2: the untrained numbers once, each variant trained with seeds 42 and 43; the
+    trained perplexity is the mean over seeds and its spread their sample std."""
+    sets = [f"model={tiny_dir}", "data.source=file", f"data.path={write_lines(tmp_path / 'l.txt')}",
+            "data.budget=600", "train.epochs=2", "train.lr=0.001", "device=cpu", "modes=zero",
+            "per_layer=false", "seeds=2"]
+    run = run_study("ablation", preset="paper", overrides=sets, out=tmp_path / "runs")
+    s = json.loads((run.path / "summary.json").read_text())
+    assert get_study("ablation").SUMMARY.problems(s) == [] and s["seeds"] == 2
+    metrics = pd.read_json(run.path / "metrics.jsonl", lines=True)
+    evals = metrics[metrics["kind"] == "eval"]
+    last = evals.sort_values("epoch").groupby(["variant", "seed"])["perplexity"].last()
+    assert sorted(last.index) == [("baseline", 42), ("baseline", 43), ("zero", 42), ("zero", 43)]
+    assert last["baseline", 42] != pytest.approx(last["baseline", 43])  # another data order
+    for got, variant in ((s["baseline_perplexity"], "baseline"),
+                         (s["zero"]["perplexity"], "zero")):
+        assert got == pytest.approx((last[variant, 42] + last[variant, 43]) / 2)
+    assert s["baseline_perplexity_std"] == pytest.approx(
+        abs(last["baseline", 42] - last["baseline", 43]) / 2**0.5)
+    html = (run.path / "report.html").read_text()
+    assert "Mean over 2 seeds (42 to 43)" in html and " ± " in html
+    assert_redraws(run, "ablation")

@@ -9,11 +9,18 @@ baseline and each ablated model the same way (validation perplexity per epoch), 
 evaluates the *pretrained* model ablated with no training — all layers at once and one layer at
 a time (a layer-importance chart).
 
+The untrained measurements are deterministic given the model (the ``mean`` mode's reference
+batch is the first training batch). Training depends on the seed, which sets the data order:
+with ``seeds = n`` each variant trains once per seed ``seed, seed + 1, …``, the perplexity
+curves show the mean over seeds with a min–max band, and the trained perplexities are the mean
+± the sample standard deviation over seeds.
+
 Commands::
 
     lmlab run ablation --preset quick     # offline: smollm2-135m, modes zero and uniform
     lmlab run ablation --preset paper     # gpt2 + WikiText-2, the seed's zero ablation
     lmlab run ablation --set modes=zero,uniform,mean,previous-token
+    lmlab run ablation --preset quick --set seeds=3   # training repeated with seeds 42, 43, 44
 
 >>> Config.paper().modes
 ('zero',)
@@ -31,6 +38,7 @@ import pandas as pd
 from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
+from lmlab.studies._seeds import check_seeds, over_seeds, seed_values, seeds_field, spread_text
 from lmlab.studies.optimizers import (
     LinesData,
     check_lines_data,
@@ -59,8 +67,8 @@ MODE_MEANING: dict[str, str] = {
     "mean": "attention output replaced by its mean over a reference batch",
     "previous-token": "each position attends only to the previous token",
 }
-# ``lmlab run ... --resume`` continues an interrupted run: each variant's training checkpoints
-# every epoch (``train.checkpoint_every``).
+# ``lmlab run ... --resume`` continues an interrupted run: each (variant, seed)'s training
+# checkpoints every epoch (``train.checkpoint_every``).
 RESUMES = True
 
 #: The keys of ``summary.json``, their types and meaning (``<mode>``: each mode that ran).
@@ -73,10 +81,17 @@ SUMMARY = Summary(
                "the pretrained model ablated in every layer, no training", headline=True),
     SummaryKey("importance_mode", str,
                "the mode of the per-layer chart (null with per_layer=false)"),
+    SummaryKey("seeds", int, "trainings per variant, with seeds seed, seed + 1, …"),
     SummaryKey("baseline_perplexity", float,
-               "validation perplexity of the baseline after training", headline=True),
+               "validation perplexity of the baseline after training (mean over seeds)",
+               headline=True),
+    SummaryKey("baseline_perplexity_std", float,
+               "its sample standard deviation over seeds (null for one seed)"),
     SummaryKey("<mode>.perplexity", float,
-               "validation perplexity after training with that ablation", headline=True),
+               "validation perplexity after training with that ablation (mean over seeds)",
+               headline=True),
+    SummaryKey("<mode>.perplexity_std", float,
+               "its sample standard deviation over seeds (null for one seed)"),
 )
 
 
@@ -97,7 +112,11 @@ class Config:
         keep_checkpoints: keep the training checkpoints (weights + optimiser state, several
             hundred MB each) after the study has finished; they let an interrupted run resume
             with ``--resume`` and are deleted at the end otherwise.
-        seed: seeds every variant's data order and new weights alike.
+        seed: seeds every variant's data order and new weights alike (the first seed with
+            ``seeds`` > 1).
+        seeds: trainings per variant, with seeds ``seed``, ``seed + 1``, …,
+            ``seed + seeds − 1`` (1: one each); the untrained measurements do not depend on
+            the seed and run once.
     """
 
     model: str = "gpt2"
@@ -112,6 +131,7 @@ class Config:
     device: str = "auto"
     keep_checkpoints: bool = False
     seed: int = seed_field(42)
+    seeds: int = seeds_field()
 
     @classmethod
     def paper(cls) -> Config:
@@ -138,6 +158,7 @@ class Config:
         if not self.modes:
             raise LmlabError("modes is empty; name at least one, e.g. zero")
         self.train.check_batch_tokens(self.data.max_tokens, "data.max_tokens")
+        check_seeds(self.seed, self.seeds)
 
 
 @dataclass(frozen=True)
@@ -146,10 +167,12 @@ class Result:
 
     Attributes:
         config: the config that ran.
-        evals: one row per variant (baseline and each mode) and epoch, with ``perplexity``.
+        evals: one row per variant (baseline and each mode), seed and epoch, with
+            ``perplexity``.
         importance: one row per layer: perplexity of the pretrained model with that layer
             alone ablated (empty with ``per_layer = false``).
-        table: one row per variant: perplexity untrained and after training
+        table: one row per variant: perplexity untrained and after training (the mean over
+            seeds, and ``trained_perplexity_std``, the sample standard deviation over seeds)
             (also ``ablation.csv``).
         summary: the numbers of ``summary.json`` (see ``SUMMARY``).
     """
@@ -209,19 +232,26 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
                 importance.append({"layer": layer, "mode": mode, "perplexity": ppl(model)})
     del model
 
-    evals = []
+    evals, trained = [], []
     for variant in ("baseline", *cfg.modes):
         within = None if variant == "baseline" else functools.partial(
             ablate, mode=variant, layers=targets["layers"], heads=targets["heads"],
             reference=reference if variant == "mean" else None)
-        res, _ = train_fresh(cfg.model, run_dir, {"variant": variant}, cfg.train, train_ex,
-                             val_ex, collate=collate, device=device, seed=cfg.seed,
-                             within=within)
-        if variant == "baseline":
-            summary["baseline_perplexity"] = res.evals[-1]["perplexity"]
+        for seed in seed_values(cfg.seed, cfg.seeds):
+            tag = {"variant": variant, "seed": seed}
+            res, _ = train_fresh(cfg.model, run_dir, tag, dataclasses.replace(cfg.train, seed=seed),
+                                 train_ex, val_ex, collate=collate, device=device, seed=seed,
+                                 within=within)
+            trained.append({**tag, "perplexity": res.evals[-1]["perplexity"]})
+            evals += [{**e, **tag} for e in res.evals]
+    for row in over_seeds(pd.DataFrame(trained), "variant", ["perplexity"]).to_dict("records"):
+        mean, std = row["perplexity"], None if pd.isna(row["perplexity_std"]) else row[
+            "perplexity_std"]
+        if row["variant"] == "baseline":
+            summary["baseline_perplexity"], summary["baseline_perplexity_std"] = mean, std
         else:
-            summary[variant]["perplexity"] = res.evals[-1]["perplexity"]
-        evals += [{**e, "variant": variant} for e in res.evals]
+            summary[row["variant"]].update(perplexity=mean, perplexity_std=std)
+    summary["seeds"] = cfg.seeds
     drop_checkpoints(run_dir, cfg.keep_checkpoints)
     table = _perplexity_table(cfg, summary)
     importance_df = pd.DataFrame(importance)
@@ -233,23 +263,33 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
 
 def _perplexity_table(cfg: Config, s: dict[str, Any]) -> pd.DataFrame:
     """One row per variant: perplexity untrained and after training."""
+    def nan_for_none(value: float | None) -> float:
+        return float("nan") if value is None else value
+
     rows = [{"variant": "baseline", "untrained_perplexity": s["untrained_baseline_perplexity"],
-             "trained_perplexity": s["baseline_perplexity"]}]
+             "trained_perplexity": s["baseline_perplexity"],
+             "trained_perplexity_std": nan_for_none(s["baseline_perplexity_std"])}]
     rows += [{"variant": m, "untrained_perplexity": s[m]["untrained_perplexity"],
-              "trained_perplexity": s[m]["perplexity"]} for m in cfg.modes]
+              "trained_perplexity": s[m]["perplexity"],
+              "trained_perplexity_std": nan_for_none(s[m]["perplexity_std"])} for m in cfg.modes]
     return pd.DataFrame(rows)
 
 
 def plot(result: Result) -> dict[str, Figure]:
     """Every figure of a finished ablation study, from the ``Result`` alone."""
     from lmlab.plotting import captioned
-    from lmlab.plotting.finetune import plot_layer_importance, plot_perplexity_per_epoch
+    from lmlab.plotting.finetune import plot_layer_importance
+    from lmlab.plotting.seeds import plot_band
 
-    s = result.summary
-    figures = {"perplexity": captioned(
-        plot_perplexity_per_epoch(result.evals, "variant",
-                                  title="Validation perplexity per epoch: baseline vs ablated"),
-        "Validation perplexity per epoch.")}
+    s, cfg = result.summary, result.config
+    evals = result.evals if "seed" in result.evals else result.evals.assign(seed=cfg.seed)
+    ax = plot_band(evals.assign(epoch=evals["epoch"] + 1), x="epoch", y="perplexity",
+                   by="variant", marker="o")
+    ax.set(xlabel="epoch", ylabel="validation perplexity", yscale="log",
+           title="Validation perplexity per epoch: baseline vs ablated")
+    figures = {"perplexity": captioned(ax, "Validation perplexity per epoch." + (
+        f" Mean over {cfg.seeds} seeds ({cfg.seed} to {cfg.seed + cfg.seeds - 1}); the band "
+        "spans their minimum to maximum." if cfg.seeds > 1 else ""))}
     if len(result.importance):
         figures["layer_importance"] = captioned(
             plot_layer_importance(result.importance, s["untrained_baseline_perplexity"],
@@ -268,7 +308,20 @@ def report(result: Result, figures: dict[str, Figure]) -> Report:
         + "; ".join(f"**{m}** — {MODE_MEANING[m]}" for m in cfg.modes)
         + (f". Layers: {list(cfg.layers)}" if cfg.layers else ". All layers")
         + (f", heads {list(cfg.heads)}." if cfg.heads else ", all heads."))
-    rep.add_table(result.table, caption="Validation perplexity without training (pretrained "
-                                        "model) and after training the same way")
+    rep.add_table(_shown_table(result.table, cfg.seeds),
+                  caption="Validation perplexity without training (pretrained model) and after "
+                  "training the same way" + (f" (mean ± standard deviation over {cfg.seeds} "
+                                             "seeds, which set the data order)"
+                                             if cfg.seeds > 1 else ""))
     rep.add_figures(figures, names=["perplexity", "layer_importance"])
     return rep
+
+
+def _shown_table(table: pd.DataFrame, seeds: int) -> pd.DataFrame:
+    """The table as the report shows it: with seeds, the trained perplexity as ``mean ± std``.
+    """
+    if seeds == 1 or "trained_perplexity_std" not in table:
+        return table.drop(columns=["trained_perplexity_std"], errors="ignore")
+    cells = [spread_text(m, sd) for m, sd in zip(table["trained_perplexity"],
+                                                 table["trained_perplexity_std"], strict=True)]
+    return table.drop(columns=["trained_perplexity_std"]).assign(trained_perplexity=cells)

@@ -3,13 +3,20 @@
 After a mini-study that fine-tunes gpt2 on a small WikiText-2 slice with AdamW and with SGD
 (momentum 0.9) at the same learning rate: identical model, data, order and seed; per-iteration
 training loss, validation perplexity per epoch (padding never scored), wall time. Claim under
-test: at lr 1e-4 AdamW lowers the loss much faster than SGD.
+test: at lr 1e-4 AdamW lowers the loss much faster than SGD, and SGD's loss is noisier.
+
+With ``seeds = n`` every optimiser trains once per seed ``seed, seed + 1, …`` (the seed sets
+the data order); the curves are means over seeds with a min–max band, and every number in the
+table is a mean ± the sample standard deviation over seeds. The noise claim is measured by the
+*loss noise* (:mod:`lmlab.train.noise`): the sample standard deviation of the step-to-step
+changes of the training loss over the last ``noise_window`` steps of each run.
 
 Commands::
 
     lmlab run optimizers --preset quick    # offline: smollm2-135m on real offline text
     lmlab run optimizers --preset paper    # gpt2, WikiText-2 slice (needs the hub + datasets)
     lmlab run optimizers --set optimizers=adamw,sgd,RMSprop
+    lmlab run optimizers --preset quick --set seeds=3   # mean ± spread over seeds 42, 43, 44
 
 >>> Config.paper().optimizers, Config.paper().train.lr
 (('adamw', 'sgd'), 0.0001)
@@ -30,6 +37,15 @@ from lmlab._files import file_kind, given_path
 from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
+from lmlab.studies._optimizers_report import (
+    MEASURED,
+    noise_text,
+    over_seeds_text,
+    rolling_noise,
+    seeded,
+    shown_table,
+)
+from lmlab.studies._seeds import check_seeds, over_seeds, seed_values, seeds_field
 from lmlab.studies.pattern import Summary, SummaryKey
 from lmlab.train.loop import TrainConfig
 
@@ -45,22 +61,36 @@ STUDY = {"name": "optimizers", "order": 3,
 __all__ = ["Config", "LinesData", "Result", "SUMMARY", "check", "check_lines_data",
            "drop_checkpoints", "load_lines_data", "plot", "report", "run", "train_fresh"]
 
-# ``lmlab run ... --resume`` continues an interrupted run: each optimiser's training checkpoints
-# every epoch (``train.checkpoint_every``).
+# ``lmlab run ... --resume`` continues an interrupted run: each (optimiser, seed)'s training
+# checkpoints every epoch (``train.checkpoint_every``).
 RESUMES = True
 
-#: The keys of ``summary.json``, their types and meaning (``<optimizer>``: each one that ran).
+#: The keys of ``summary.json``, their types and meaning (``<optimizer>``: each one that ran;
+#: a value is the mean over seeds, ``*_std`` its sample standard deviation, null for one seed).
 SUMMARY = Summary(
     SummaryKey("model", str, "the model reference"),
     SummaryKey("data_source", str, "the text trained and validated on"),
     SummaryKey("train_tokens", int, "tokens of the training split", headline=True),
     SummaryKey("val_tokens", int, "tokens of the validation split", headline=True),
-    SummaryKey("<optimizer>.final_train_loss", float, "training loss of the last step",
+    SummaryKey("seeds", int, "runs per optimiser, with seeds seed, seed + 1, …"),
+    SummaryKey("noise_window", int, "W: the trailing loss changes the loss noise is taken over"),
+    SummaryKey("<optimizer>.final_train_loss", float,
+               "training loss of the last step (mean over seeds)", headline=True),
+    SummaryKey("<optimizer>.final_train_loss_std", float,
+               "its sample standard deviation over seeds (null for one seed)"),
+    SummaryKey("<optimizer>.val_perplexity", float,
+               "validation perplexity after the last epoch (mean over seeds)", headline=True),
+    SummaryKey("<optimizer>.val_perplexity_std", float,
+               "its sample standard deviation over seeds (null for one seed)"),
+    SummaryKey("<optimizer>.loss_noise", float,
+               "sample std of the last W step-to-step training-loss changes (mean over seeds)",
                headline=True),
-    SummaryKey("<optimizer>.val_perplexity", float, "validation perplexity after the last epoch",
-               headline=True),
-    SummaryKey("<optimizer>.seconds", float, "wall time of that optimiser's training",
-               headline=True),
+    SummaryKey("<optimizer>.loss_noise_std", float,
+               "its sample standard deviation over seeds (null for one seed)"),
+    SummaryKey("<optimizer>.seconds", float,
+               "wall time of that optimiser's training (mean over seeds)", headline=True),
+    SummaryKey("<optimizer>.seconds_std", float,
+               "its sample standard deviation over seeds (null for one seed)"),
     SummaryKey("<optimizer>.parameters", int, "parameters of the model trained"),
 )
 
@@ -98,7 +128,14 @@ class Config:
         keep_checkpoints: keep the training checkpoints (weights + optimiser state, several
             hundred MB each) after the study has finished; they let an interrupted run resume
             with ``--resume`` and are deleted at the end otherwise.
-        seed: seeds every variant's data order and new weights alike.
+        seed: seeds every variant's data order and new weights alike (the first seed with
+            ``seeds`` > 1).
+        seeds: runs per optimiser, with seeds ``seed``, ``seed + 1``, …, ``seed + seeds − 1``
+            (1: one run each); curves show the mean and the min–max band over seeds, numbers
+            the mean ± the sample standard deviation over seeds.
+        noise_window: ``W``, the trailing step-to-step changes of the training loss whose
+            sample standard deviation is the loss noise (all of a run's changes when it has
+            fewer).
     """
 
     model: str = "gpt2"
@@ -110,6 +147,8 @@ class Config:
     device: str = "auto"
     keep_checkpoints: bool = False
     seed: int = seed_field(42)
+    seeds: int = seeds_field()
+    noise_window: int = ranged(20, 2, 10**7, why="longer than any run")
 
     @classmethod
     def paper(cls) -> Config:
@@ -132,6 +171,7 @@ class Config:
             raise LmlabError("optimizers is empty; name at least one, e.g. adamw,sgd")
         for name in self.optimizers:
             _optimizer_class(name)
+        check_seeds(self.seed, self.seeds)
         self.train.check_batch_tokens(self.data.max_tokens, "data.max_tokens")
 
 
@@ -141,11 +181,16 @@ class Result:
 
     Attributes:
         config: the config that ran.
-        history: one row per optimiser and training step (``optimizer``, ``step``, ``loss``...).
-        evals: one row per optimiser and epoch (``optimizer``, ``epoch``, ``perplexity``...).
-        table: one row per optimiser: final training loss, validation perplexity, wall time,
-            parameters (also ``optimizers.csv``).
+        history: one row per optimiser, seed and training step (``optimizer``, ``seed``,
+            ``step``, ``loss``...).
+        evals: one row per optimiser, seed and epoch (``optimizer``, ``seed``, ``epoch``,
+            ``perplexity``...).
+        table: one row per optimiser: the mean over seeds and ``*_std`` (sample standard
+            deviation over seeds) of the final training loss, validation perplexity, loss
+            noise and wall time; parameters (also ``optimizers.csv``).
         summary: the numbers of ``summary.json`` (see ``SUMMARY``).
+        runs: one row per optimiser and seed: final training loss, validation perplexity,
+            loss noise, wall time, parameters (also ``optimizer_seeds.csv``).
     """
 
     config: Config
@@ -153,6 +198,7 @@ class Result:
     evals: pd.DataFrame
     table: pd.DataFrame
     summary: dict[str, Any]
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def load_lines_data(cfg: LinesData, tokenizer: Any) -> tuple[list[list[int]], list[list[int]], str]:
@@ -219,7 +265,7 @@ def check(cfg: Config) -> None:
     check_lines_data(cfg.data)
 
 
-def train_fresh(model_ref: str, run_dir: RunDir, tag: dict[str, str], tcfg: TrainConfig,
+def train_fresh(model_ref: str, run_dir: RunDir, tag: dict[str, Any], tcfg: TrainConfig,
                 train_ex: list[list[int]], val_ex: list[list[int]], *, collate: Any,
                 device: Any, seed: int,
                 within: Callable[[Any], AbstractContextManager[Any]] | None = None,
@@ -227,13 +273,14 @@ def train_fresh(model_ref: str, run_dir: RunDir, tag: dict[str, str], tcfg: Trai
     """Train a fresh copy of ``model_ref`` from ``seed``, resumable, as one variant of a study.
 
     Every variant starts from the same weights, data and order. Its metrics carry ``tag``
-    (e.g. ``{"optimizer": "sgd"}``) and its checkpoints go to ``checkpoints/<tag value>``, so
-    an interrupted run continues each variant from its own last checkpoint.
+    (e.g. ``{"optimizer": "sgd", "seed": 43}``) and its checkpoints go to
+    ``checkpoints/<first value>/<key>-<value>/…`` (``checkpoints/sgd/seed-43``), so an
+    interrupted run continues each variant and seed from its own last checkpoint.
 
     Args:
         model_ref: the model reference to load.
         run_dir: the study's run directory.
-        tag: one column and its value for this variant's metrics rows; the value must be a
+        tag: columns and their values for this variant's metrics rows; each value must be a
             safe folder name.
         tcfg: the training recipe.
         train_ex, val_ex: tokenised training and validation examples.
@@ -250,10 +297,10 @@ def train_fresh(model_ref: str, run_dir: RunDir, tag: dict[str, str], tcfg: Trai
     from lmlab.train import train
     from lmlab.train.checkpoint import checkpoint_step
 
-    ((_, name),) = tag.items()
+    first, *rest = tag.items()
     seed_everything(seed)
     model, _ = load_causal_lm(model_ref, device=device)
-    ckpt = run_dir.checkpoints_dir / name
+    ckpt = run_dir.checkpoints_dir.joinpath(str(first[1]), *(f"{k}-{v}" for k, v in rest))
     run_dir.rewind_metrics(checkpoint_step(ckpt), **tag)  # a resumed run
     with within(model) if within is not None else nullcontext():
         res = train(model, train_ex, collate=collate, cfg=tcfg, eval_examples=val_ex,
@@ -271,51 +318,88 @@ def drop_checkpoints(run_dir: RunDir, keep: bool) -> None:
 
 
 def run(cfg: Config, run_dir: RunDir) -> Result:
-    """Train one fresh copy of the model per optimiser; compare losses, perplexity, time."""
+    """Train one fresh copy of the model per optimiser and seed; compare losses, perplexity,
+    loss noise and time (means and spreads over seeds)."""
     from lmlab.data import CausalLMCollator
     from lmlab.models.hf import load_causal_lm
     from lmlab.runtime import resolve_device
+    from lmlab.train.noise import loss_noise
 
     device = resolve_device(cfg.device)
     _, tokenizer = load_causal_lm(cfg.model)
     train_ex, val_ex, source = load_lines_data(cfg.data, tokenizer)
     run_dir.update_meta({"model": cfg.model, "data_source": source})
     collate = CausalLMCollator(pad_token_id=int(tokenizer.pad_token_id))
-    histories, evals = [], []
+    histories, evals, runs = [], [], []
     summary: dict[str, Any] = {"model": cfg.model, "data_source": source,
                                "train_tokens": sum(map(len, train_ex)),
-                               "val_tokens": sum(map(len, val_ex))}
+                               "val_tokens": sum(map(len, val_ex)), "seeds": cfg.seeds,
+                               "noise_window": cfg.noise_window}
     for name in cfg.optimizers:  # a torch.optim name (validated): a safe folder name
-        tcfg = dataclasses.replace(
-            cfg.train, optimizer=name, seed=cfg.seed,
-            weight_decay=cfg.train.weight_decay if name.lower() == "adamw" else 0.0)
-        res, n_params = train_fresh(cfg.model, run_dir, {"optimizer": name}, tcfg, train_ex,
-                                    val_ex, collate=collate, device=device, seed=cfg.seed)
-        histories += [{**r, "optimizer": name} for r in res.history]
-        evals += [{**e, "optimizer": name} for e in res.evals]
-        summary[name] = {"final_train_loss": res.history[-1]["loss"],
+        for seed in seed_values(cfg.seed, cfg.seeds):
+            tcfg = dataclasses.replace(
+                cfg.train, optimizer=name, seed=seed,
+                weight_decay=cfg.train.weight_decay if name.lower() == "adamw" else 0.0)
+            tag = {"optimizer": name, "seed": seed}
+            res, n_params = train_fresh(cfg.model, run_dir, tag, tcfg, train_ex, val_ex,
+                                        collate=collate, device=device, seed=seed)
+            histories += [{**r, **tag} for r in res.history]
+            evals += [{**e, **tag} for e in res.evals]
+            runs.append({**tag, "final_train_loss": res.history[-1]["loss"],
                          "val_perplexity": res.evals[-1]["perplexity"],
-                         "seconds": round(res.seconds, 2), "parameters": n_params}
+                         "loss_noise": loss_noise([r["loss"] for r in res.history],
+                                                  cfg.noise_window),
+                         "seconds": round(res.seconds, 2), "parameters": n_params})
     drop_checkpoints(run_dir, cfg.keep_checkpoints)
-    table = pd.DataFrame([{"optimizer": n, **summary[n]} for n in cfg.optimizers])
+    per_seed = pd.DataFrame(runs)
+    table = over_seeds(per_seed, "optimizer", MEASURED)
+    table["parameters"] = per_seed.groupby("optimizer", sort=False)["parameters"].first().values
+    for row in table.to_dict("records"):
+        summary[row["optimizer"]] = {k: _plain(row[k]) for k in row
+                                     if k not in ("optimizer", "seeds")}
     run_dir.save_table("optimizers.csv", table)
-    return Result(cfg, pd.DataFrame(histories), pd.DataFrame(evals), table, summary)
+    run_dir.save_table("optimizer_seeds.csv", per_seed)
+    return Result(cfg, pd.DataFrame(histories), pd.DataFrame(evals), table, summary, per_seed)
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as a JSON value: a plain int or float, NaN as None."""
+    import numbers
+
+    if pd.isna(value):
+        return None
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def plot(result: Result) -> dict[str, Figure]:
-    """Both figures of a finished comparison, from the ``Result`` alone."""
+    """Every figure of a finished comparison, from the ``Result`` alone: training loss and
+    validation perplexity (mean over seeds, min–max band), and the loss noise."""
     from lmlab.plotting import captioned
-    from lmlab.plotting.finetune import plot_perplexity_per_epoch, plot_train_loss
+    from lmlab.plotting.seeds import plot_band, plot_loss_noise
 
-    return {
-        "train_loss": captioned(plot_train_loss(result.history, "optimizer"),
-                                "Training loss per iteration."),
-        "val_perplexity": captioned(
-            plot_perplexity_per_epoch(
-                result.evals, "optimizer",
-                title="Validation perplexity per epoch (padding excluded)"),
-            "Validation perplexity after each epoch."),
-    }
+    cfg = result.config
+    history, evals = seeded(result.history, cfg), seeded(result.evals, cfg)
+    over = over_seeds_text(cfg)
+    ax = plot_band(history, x="step", y="loss", by="optimizer")
+    ax.set(xlabel="iteration", ylabel="training loss (mean token loss)",
+           title="Training loss per iteration")
+    figures = {"train_loss": captioned(ax, "Training loss per iteration." + over)}
+    ax = plot_band(evals.assign(epoch=evals["epoch"] + 1), x="epoch", y="perplexity",
+                   by="optimizer", marker="o")
+    ax.set(xlabel="epoch", ylabel="validation perplexity", yscale="log",
+           title="Validation perplexity per epoch (padding excluded)")
+    figures["val_perplexity"] = captioned(ax, "Validation perplexity after each epoch." + over)
+    if len(result.runs):
+        figures["loss_noise"] = captioned(
+            plot_loss_noise(rolling_noise(history, cfg.noise_window), result.runs,
+                            by="optimizer", window=cfg.noise_window),
+            f"Loss noise: the sample standard deviation of the last {cfg.noise_window} "
+            "step-to-step changes of the training loss (fewer near the start). Left: along "
+            "training" + (", mean over seeds with the min–max band" if cfg.seeds > 1 else "")
+            + "; right: at the last step, each seed a dot"
+            + (", the bar the mean ± one standard deviation over seeds." if cfg.seeds > 1
+               else "."))
+    return figures
 
 
 def report(result: Result, figures: dict[str, Figure]) -> Report:
@@ -329,7 +413,13 @@ def report(result: Result, figures: dict[str, Figure]) -> Report:
         f"(constant: {cfg.train.schedule == 'constant'}), gradient clipping "
         f"{cfg.train.max_grad_norm}; the same seed, data and order for every optimiser "
         "(SGD with momentum 0.9 and no weight decay; AdamW with weight decay "
-        f"{cfg.train.weight_decay}).")
-    rep.add_table(result.table, caption="Final training loss, validation perplexity, wall time")
-    rep.add_figures(figures, names=["train_loss", "val_perplexity"])
+        f"{cfg.train.weight_decay})." + over_seeds_text(cfg, band=False))
+    if len(result.runs):
+        rep.add_text(noise_text(result))
+    rep.add_table(shown_table(result.table),
+                  caption="Final training loss, validation perplexity, loss noise, wall time"
+                  + (" (mean ± standard deviation over seeds)" if cfg.seeds > 1 else ""))
+    if cfg.seeds > 1 and len(result.runs):
+        rep.add_table(result.runs, caption="Each run: optimiser and seed")
+    rep.add_figures(figures, names=["train_loss", "val_perplexity", "loss_noise"])
     return rep
