@@ -74,3 +74,28 @@ def test_bad_tasks_name_the_field(kwargs: dict, match: str) -> None:
 def test_no_samples_is_an_error() -> None:
     with pytest.raises(LmlabError, match="at least one training"):
         sample_group(AttentionTask(d=10), n=0, n_test=5, seed=0)
+
+
+def test_teacher_dataset_shapes_seed_and_teacher_output() -> None:
+    from lmlab.data.attention_teacher import teacher_dataset
+
+    task = AttentionTask(d=30, rank=1)
+    X, T, W_Q = teacher_dataset(task, n=40, omega=0.3, seed=5)
+    assert X.shape == (40, 2, 30) and T.shape == (40, 2, 30) and W_Q.shape == (30, 1)
+    X2, T2, W2 = teacher_dataset(task, n=40, omega=0.3, seed=5)
+    assert torch.equal(X, X2) and torch.equal(T, T2) and torch.equal(W_Q, W2)
+    assert not torch.equal(X, teacher_dataset(task, n=40, omega=0.3, seed=6)[0])
+    # the same teacher and first samples as a study cell with that seed
+    group = sample_group(task, n=40, n_test=3, seed=5, dtype=torch.float64)
+    assert torch.equal(W_Q, group.Q_star)
+    assert torch.allclose(X, group.train.x - positional_encodings(task), atol=1e-15)
+    # T is the teacher's output on X, written out for one sample: rows (t, 1 − t) mix the tokens
+    mu = 7
+    h = X[mu] @ W_Q[:, 0] / math.sqrt(30)                               # (h*_1, h*_2)
+    t1 = 1 / (1 + math.exp(-float(h[0] * (h[0] - h[1]))))               # softmax row 1
+    t2 = 1 / (1 + math.exp(-float(h[1] * (h[0] - h[1]))))               # softmax row 2
+    row1 = (0.7 * t1 + 0.3 * 0.6) * X[mu, 0] + (0.7 * (1 - t1) + 0.3 * 0.4) * X[mu, 1]
+    row2 = (0.7 * t2 + 0.3 * 0.4) * X[mu, 0] + (0.7 * (1 - t2) + 0.3 * 0.6) * X[mu, 1]
+    assert torch.allclose(T[mu], torch.stack([row1, row2]), atol=1e-12)
+    with pytest.raises(LmlabError, match="omega"):
+        teacher_dataset(task, n=4, omega=1.5, seed=0)

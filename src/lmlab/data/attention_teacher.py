@@ -6,9 +6,11 @@ preactivations ``h*_ℓ = z_ℓ·Q*/√d`` with a fixed row-stochastic matrix A:
 ``T = (1 − ω) softmax_row(h* h*ᵀ) + ω A`` and the target is ``y = T z``. The student sees
 ``x_ℓ = z_ℓ + p_ℓ`` with positional encodings ``p_1 = −p_2 = 1_d/√d``.
 
-``convention="assignment"`` reproduces the course assignment's scalings instead (p = ±1_d,
-preactivations without the 1/√d, which saturates the teacher's softmax) — an option for
-comparison, not the default.
+``convention="assignment"`` reproduces the course assignment's scalings instead: p = ±1_d, and
+teacher scores ``x·W_QᵀW_Q·x/√d_k`` with ``d_k = 1`` (no 1/√d, which saturates the teacher's
+softmax), while the student keeps ``h_ℓ = x_ℓ·Q/√d`` — an option for comparison, not the default.
+:func:`teacher_dataset` returns one teacher's data set ``(X, T, W_Q)``, the assignment's first
+task.
 
 >>> import torch
 >>> task = AttentionTask(d=50)
@@ -30,7 +32,7 @@ from lmlab.config import check_ranges, ranged
 from lmlab.errors import LmlabError
 
 __all__ = ["AttentionTask", "GroupData", "Split", "positional_encodings", "sample_group",
-           "teacher_attention"]
+           "teacher_attention", "teacher_dataset"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,15 @@ class AttentionTask:
 
     @property
     def scale(self) -> float:
-        """The preactivation scale: 1/√d (paper) or 1 (assignment)."""
+        """The teacher's preactivation scale: 1/√d (paper) or 1 (assignment: its scores
+        ``x·W_QᵀW_Q·x/√d_k`` use d_k = 1)."""
         return 1 / math.sqrt(self.d) if self.convention == "paper" else 1.0
+
+    @property
+    def student_scale(self) -> float:
+        """The student's preactivation scale ``h_ℓ = x_ℓ·Q·student_scale``: 1/√d in both
+        conventions (the assignment keeps the 1/√d on the student)."""
+        return 1 / math.sqrt(self.d)
 
     def A_tensor(self, dtype: torch.dtype = torch.float64) -> Tensor:
         """A as a tensor."""
@@ -163,3 +172,31 @@ def sample_group(task: AttentionTask, n: int, n_test: int, seed: int,
     train = _split(task, Q_star, n, gen, dtype)
     test = _split(task, Q_star, n_test, gen, dtype)
     return GroupData(task, Q_star, train, test)
+
+
+def teacher_dataset(task: AttentionTask, n: int, omega: float, seed: int
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """One teacher's data set, the assignment's first task: ``(X, T, W_Q)``.
+
+    ``W_Q = Q*`` (d × r) is drawn first from ``seed``, then the raw tokens ``X`` (n × L × d,
+    ``N(0, σ² I)``) in the same order as :func:`sample_group`, so the same seed gives the same
+    teacher and the same first n samples as a study cell (``X = train.x − p``). ``T`` is the
+    teacher's output on X, ``T[μ] = [(1 − ω) softmax_row(h* h*ᵀ) + ω A] X[μ]`` with
+    ``h* = X[μ] W_Q · task.scale``. The student's input is ``X + positional_encodings(task)``.
+    float64 throughout.
+
+    >>> X, T, W_Q = teacher_dataset(AttentionTask(d=8), n=5, omega=0.3, seed=0)
+    >>> tuple(X.shape), tuple(T.shape), tuple(W_Q.shape)
+    ((5, 2, 8), (5, 2, 8), (8, 1))
+    """
+    task.validate()
+    if n < 1:
+        raise LmlabError(f"need at least one sample (n={n})")
+    if not 0 <= omega <= 1:
+        raise LmlabError(f"omega must be in [0, 1] (got {omega})")
+    gen = torch.Generator().manual_seed(int(seed))
+    W_Q = torch.randn((task.d, task.rank), generator=gen, dtype=torch.float64)
+    X = torch.randn((n, task.L, task.d), generator=gen, dtype=torch.float64) * task.sigma
+    h_star = (X @ W_Q) * task.scale                                     # (n, L, r)
+    T = teacher_attention(h_star, omega, task.A_tensor()) @ X           # (n, L, d)
+    return X, T, W_Q

@@ -1,13 +1,15 @@
 """The student of the solvable attention model: a tied low-rank dot-product attention layer
-``f_Q(x) = softmax_row(h hᵀ) x`` with ``h_ℓ = x_ℓ·Q/√d`` — and a trainer that fits many
-students at once.
+``f_Q(x) = softmax_row(h hᵀ) x`` with ``h_ℓ = x_ℓ·Q/√d`` (in both conventions:
+:func:`student_output`) — and a trainer that fits many students at once.
 
 Objective (a SUM over samples, as in the authors' code):
 ``ℒ(Q) = Σ_μ ‖y^μ − f_Q(x^μ)‖²_F / (2d) + (λ/2)‖Q‖²``; training error ``ε_t = ℒ/d``, test error
 ``ε_g = E‖y − f_Q(x)‖²_F / (2d)`` on fresh samples.
 
 :func:`train_students` trains M students that share one teacher and one pool of samples: student
-m uses the first ``n_m`` samples (α_m = n_m/d), its own ω_m and initialisation. Because the
+m uses the first ``n_m`` samples (α_m = n_m/d), its own ω_m, initialisation and (optionally)
+ridge λ_m, and may be scored on the next ``n_val`` samples of the pool (held out from its
+training: a validation error for choosing λ). Because the
 output ``S x`` only enters the loss through the per-sample token Gram matrices, each step is one
 matrix product ``X Q`` (all students at once) forward and its transpose backward; the rest is
 O(n·L²) per student. Full-batch gradient descent, or heavy-ball momentum as an accelerator that
@@ -39,16 +41,20 @@ from lmlab.data.attention_teacher import GroupData, Split, positional_encodings
 from lmlab.errors import LmlabError
 
 __all__ = ["GDConfig", "StudentSpec", "TrainedStudents", "initial_query", "reference_loss",
-           "train_students"]
+           "student_output", "train_students"]
 
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """One student: how many of the pool's samples it trains on, the teacher's ω, its start."""
+    """One student: how many of the pool's samples it trains on, the teacher's ω, its start;
+    its ridge λ (None: ``GDConfig.lam``) and how many of the following samples of the pool it
+    is validated on (0: none)."""
 
     n: int
     omega: float
     init: Literal["semantic", "positional", "random"]
+    lam: float | None = None
+    n_val: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,22 @@ class _Targets:
         return self.yy - 2 * yx + xx
 
 
+def student_output(Q: Tensor, x: Tensor, scale: float) -> Tensor:
+    """The student's output ``softmax_row(h hᵀ) x`` with ``h = x Q · scale`` on tokens
+    (..., L, d); ``scale`` is ``AttentionTask.student_scale`` (1/√d in both conventions).
+
+    >>> x = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])          # two orthogonal tokens
+    >>> student_output(torch.zeros(2, 1), x, 1.0).tolist()   # h = 0: uniform attention
+    [[[0.5, 0.5], [0.5, 0.5]]]
+    """
+    H = (x @ Q) * scale                                     # (..., L, r)
+    return _student_attention(H) @ x                        # (..., L, d)
+
+
 def reference_loss(Q: Tensor, x: Tensor, y: Tensor, lam: float, scale: float) -> Tensor:
     """ℒ(Q) computed directly on the tokens: Σ‖y − S(h) x‖²/(2d) + λ/2‖Q‖² (one student)."""
     d = x.shape[-1]
-    H = (x @ Q) * scale                                     # (n, L, r)
-    out = _student_attention(H) @ x                         # (n, L, d)
+    out = student_output(Q, x, scale)                       # (n, L, d)
     return ((y - out) ** 2).sum() / (2 * d) + lam / 2 * (Q ** 2).sum()
 
 
@@ -157,9 +174,10 @@ def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
                    seed: int = 0, dtype: torch.dtype = torch.float32) -> TrainedStudents:
     """Train every student in ``specs`` on ``data`` at once; evaluate on the test set.
 
-    Table columns: n, alpha, omega, init, eps_t (mean of the last ``average_last`` values of
-    ℒ/d), eps_g, m (p₁·Q/√d), theta_emp (|Q*·Q|/d, the authors' "theta"), theta (σ²·theta_emp),
-    q (σ²‖Q‖²/d), grad_norm (of the last step), steps, momentum.
+    Table columns: n, alpha, omega, init, lam, eps_t (mean of the last ``average_last``
+    values of ℒ/d), eps_g, eps_val (the mean of ‖y − f(x)‖²/(2d) over the ``n_val`` held-out
+    samples; NaN without), m (p₁·Q/√d), theta_emp (|Q*·Q|/d, the authors' "theta"), theta
+    (σ²·theta_emp), q (σ²‖Q‖²/d), grad_norm (of the last step), steps, momentum.
     """
     gd.validate()
     task = data.task
@@ -168,12 +186,15 @@ def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
     if not specs:
         raise LmlabError("no students to train")
     for s in specs:
-        if not 1 <= s.n <= n_pool:
-            raise LmlabError(f"a student needs 1 ≤ n ≤ {n_pool} samples (got n={s.n}); every "
-                             "α of the grid must give at least one sample")
+        if not 1 <= s.n <= n_pool - s.n_val or s.n_val < 0:
+            raise LmlabError(f"a student needs 1 ≤ n ≤ {n_pool} − n_val samples (got n={s.n}, "
+                             f"n_val={s.n_val}); every α of the grid must give at least one "
+                             "sample")
         if not 0 <= s.omega <= 1:
             raise LmlabError(f"omega must be in [0, 1] (got {s.omega})")
-    n_max = max(s.n for s in specs)
+        if s.lam is not None and not s.lam >= 0:
+            raise LmlabError(f"a student's lam must be ≥ 0 (got {s.lam})")
+    n_max = max(s.n + s.n_val for s in specs)
     gen = torch.Generator().manual_seed(seed)
     Q = torch.cat([initial_query(data, s.init, gen, gd.random_scale) for s in specs], dim=1)
     Q = Q.to(dtype).requires_grad_(True)                                # (d, M·r)
@@ -184,14 +205,15 @@ def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
     del T
     mask = (torch.arange(n_max)[:, None] < torch.tensor([s.n for s in specs])[None, :]
             ).to(dtype)                                                 # (n, M)
+    lams = torch.tensor([gd.lam if s.lam is None else s.lam for s in specs], dtype=dtype)
     velocity = torch.zeros_like(Q)
     history = torch.empty((gd.steps, M), dtype=torch.float64)
     start = time.perf_counter()
     for step in range(gd.steps):
-        H = (X @ Q).mul(task.scale).view(n_max, L, M, r)                # (n, L, M, r)
+        H = (X @ Q).mul(task.student_scale).view(n_max, L, M, r)        # (n, L, M, r)
         per_sample = targets.losses(_first_column(H))                   # (n, M)
         Qm = Q.view(d, M, r)
-        losses = (per_sample * mask).sum(0) / (2 * d) + gd.lam / 2 * (Qm ** 2).sum((0, 2))
+        losses = (per_sample * mask).sum(0) / (2 * d) + lams / 2 * (Qm ** 2).sum((0, 2))
         grad, = torch.autograd.grad(losses.sum(), Q)
         history[step] = losses.detach().double()
         with torch.no_grad():
@@ -206,7 +228,25 @@ def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
     seconds = time.perf_counter() - start
     Qf = Q.detach()
     table = _evaluate(data, specs, Qf, grad, history, gd)
+    table.insert(4, "lam", [gd.lam if s.lam is None else s.lam for s in specs])
+    table.insert(7, "eps_val", _validation_errors(X, targets, specs, Qf, task.student_scale))
     return TrainedStudents(Qf, table, seconds)
+
+
+@torch.no_grad()
+def _validation_errors(X: Tensor, targets: _Targets, specs: list[StudentSpec], Q: Tensor,
+                       scale: float) -> list[float]:
+    """Per student, the mean ‖y − f(x)‖²/(2d) over pool samples n..n+n_val−1 (NaN if none)."""
+    n_max, d = targets.yy.shape[0], X.shape[1]
+    if not any(s.n_val for s in specs):
+        return [float("nan")] * len(specs)
+    H = (X @ Q).mul(scale).view(n_max, 2, len(specs), -1)
+    per_sample = targets.losses(_first_column(H)).double()              # (n, M)
+    out = []
+    for m, s in enumerate(specs):
+        part = per_sample[s.n:s.n + s.n_val, m]
+        out.append(float(part.mean()) / (2 * d) if s.n_val else float("nan"))
+    return out
 
 
 def teacher_mix(T_sem: Tensor, omegas: Tensor, A: Tensor) -> Tensor:
@@ -228,7 +268,7 @@ def _evaluate(data: GroupData, specs: list[StudentSpec], Q: Tensor, grad: Tensor
         part = Split(*(t[i:i + chunk] for t in (data.test.x, data.test.T_sem, data.test.Cxx,
                                                  data.test.Czx, data.test.Czz)))
         k = part.x.shape[0]
-        H = (part.x.reshape(k * L, d).to(Q.dtype) @ Q).mul(task.scale)
+        H = (part.x.reshape(k * L, d).to(Q.dtype) @ Q).mul(task.student_scale)
         T = teacher_mix(part.T_sem.to(Q.dtype), omegas, A)
         total += _Targets.of(T, part, k, Q.dtype).losses(_first_column(H.view(k, L, M, r))
                                                          ).double().sum(0)

@@ -25,7 +25,8 @@ from lmlab.plotting.spectral import new_axes
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-__all__ = ["plot_delta", "plot_errors", "plot_order_parameters", "plot_phase_diagram"]
+__all__ = ["plot_absolute_errors", "plot_concentration", "plot_cross_validation", "plot_delta",
+           "plot_errors", "plot_order_parameters", "plot_phase_diagram"]
 
 _COLORS = {"semantic": "#1f77b4", "positional": "#d62728", "random": "#7f7f7f",
            "global": "#2ca02c", "linear": "#000000"}
@@ -148,6 +149,12 @@ def plot_phase_diagram(grid: pd.DataFrame, lines: pd.DataFrame, line: str, *, ti
     if not lines.empty and line in lines:
         ok = lines[np.isfinite(lines[line])]
         ax.plot(ok[line], ok["omega"], "k-o", ms=3, lw=1.5, label=f"{name}(ω), theory")
+    if line == "alpha_c" and not lines.empty and "alpha_sp_sem" in lines:
+        for col, color, who in (("alpha_sp_sem", _COLORS["semantic"], "semantic"),
+                                ("alpha_sp_pos", _COLORS["positional"], "positional")):
+            ok = lines[np.isfinite(lines[col])]
+            ax.plot(ok[col], ok["omega"], ":", marker=".", color=color, lw=1.8,
+                    label=f"spinodal, {who} branch (theory)")
     if published is not None and not published.empty:
         ax.plot(published["alpha_c"].tolist(), published["omega"].tolist(), "--", color="0.35",
                 lw=1.5, label=f"{name}(ω), published")
@@ -160,4 +167,88 @@ def plot_phase_diagram(grid: pd.DataFrame, lines: pd.DataFrame, line: str, *, ti
         ax.legend(frameon=True, framealpha=0.85, fontsize=8, loc="upper left")
     ax.set(xlabel="α = n/d", ylabel="ω", title=title, xlim=(table.columns.min(),
                                                           table.columns.max()))
+    return ax
+
+
+def plot_absolute_errors(branches: pd.DataFrame, theory: pd.DataFrame, *, omega: float,
+                         ax: Axes | None = None) -> Axes:
+    """ε_t and ε_g of each initialisation against α, in absolute terms, with the theory.
+
+    Args:
+        branches: per (α, init), the simulation's ``eps_t`` ± ``eps_t_se`` and ``eps_g`` ±
+            ``eps_g_se``.
+        theory: the theory's branch curves (empty without theory).
+        omega: the teacher's ω (for the title).
+    """
+    ax = ax or new_axes((7.0, 4.4))
+    for init, g in branches.groupby("init"):
+        c = _COLORS.get(str(init))
+        ax.errorbar(g["alpha"], g["eps_t"], yerr=g["eps_t_se"], fmt="o", ms=4, capsize=2,
+                    color=c, label=f"ε_t, {init} init (sim)")
+        ax.errorbar(g["alpha"], g["eps_g"], yerr=g["eps_g_se"], fmt="s", mfc="none", ms=5,
+                    capsize=2, color=c, label=f"ε_g, {init} init (sim)")
+    if not theory.empty:
+        for name in ("semantic", "positional"):
+            b = _branch(theory, name)
+            _theory_line(ax, b, b["eps_t"], _COLORS[name], f"ε_t, {name} (theory)")
+            _theory_line(ax, b, b["eps_g"], _COLORS[name], f"ε_g, {name} (theory)", ls="--")
+    ax.set(xlabel="α = n/d", ylabel="error", title=f"Training and test error at ω = {omega}")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    return ax
+
+
+def plot_cross_validation(cv: pd.DataFrame, choice: pd.DataFrame, *, omega: float,
+                          ax: Axes | None = None) -> Axes:
+    """Validation error on held-out samples against α, one line per (λ, init), the chosen λ
+    per α circled.
+
+    Args:
+        cv: per (α, init, λ), ``eps_val`` ± ``eps_val_se``.
+        choice: per (α, init), the chosen ``lam`` and its ``eps_val``.
+        omega: the teacher's ω (for the title).
+    """
+    import matplotlib as mpl
+
+    ax = ax or new_axes((7.0, 4.4))
+    lams = sorted(cv["lam"].unique())
+    cmap = mpl.colormaps["viridis"]
+    styles = {"semantic": ("-", "o"), "positional": ("--", "s"), "random": (":", "^")}
+    for (init, lam), g in cv.groupby(["init", "lam"]):
+        ls, marker = styles.get(str(init), ("-", "o"))
+        color = cmap(lams.index(lam) / max(len(lams) - 1, 1))
+        g = g.sort_values("alpha")
+        ax.errorbar(g["alpha"], g["eps_val"], yerr=g["eps_val_se"], ls=ls, marker=marker,
+                    ms=3, capsize=2, color=color, label=f"λ = {lam:g}, {init}")
+    ax.plot(choice["alpha"], choice["eps_val"], "o", ms=10, mfc="none", mec="k",
+            label="chosen λ")
+    ax.set(xlabel="α = n/d", ylabel="validation error", yscale="log",
+           title=f"Cross-validation of λ at ω = {omega}")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    return ax
+
+
+def plot_concentration(table: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Standard deviation over seeds of θ/σ² (semantic), m (positional) and ε_t (both)
+    against d, log–log, with a 1/√d guide through the first point of m.
+
+    Args:
+        table: per (d, init, quantity), ``std`` over seeds.
+    """
+    ax = ax or new_axes((7.0, 4.4))
+    drawn = (("theta_emp", "semantic", "θ/σ², semantic", "o"),
+             ("m", "positional", "m, positional", "s"),
+             ("eps_t", "semantic", "ε_t, semantic", "^"),
+             ("eps_t", "positional", "ε_t, positional", "v"))
+    for q, init, label, marker in drawn:
+        t = table[(table["quantity"] == q) & (table["init"] == init)].sort_values("d")
+        if len(t):
+            ax.plot(t["d"], t["std"], marker=marker, color=_COLORS[init],
+                    ls="-" if q != "eps_t" else ":", label=label)
+    m = table[(table["quantity"] == "m") & (table["init"] == "positional")].sort_values("d")
+    if len(m) and np.isfinite(m["std"].iloc[0]):
+        d = m["d"].to_numpy(float)
+        ax.plot(d, m["std"].iloc[0] * np.sqrt(d[0] / d), "k--", lw=1, label="∝ 1/√d")
+    ax.set(xscale="log", yscale="log", xlabel="d", ylabel="standard deviation over seeds",
+           title="Concentration of the summary statistics")
+    ax.legend(frameon=False, fontsize=8)
     return ax

@@ -75,9 +75,13 @@ class TheoryConfig:
         alpha_points: points of the theory curves between ``grid.alpha_min`` and
             ``grid.alpha_max``.
         line_omegas: the ω at which α_c(ω) and α_l(ω) are solved for Fig. 3.
+        spinodals: also find, at every ``line_omegas``, where each branch ceases to exist
+            (:func:`lmlab.theory.spinodal`, by continuation in α from α_c; about a minute per
+            ω): columns ``alpha_sp_sem`` and ``alpha_sp_pos`` of the lines, drawn on Fig. 3.
     """
 
     enabled: bool = True
+    spinodals: bool = False
     alpha_points: int = ranged(40, 1, 1000, why="every point is a saddle-point solve")
     line_omegas: tuple[float, ...] = ranged(
         (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.425), 0, 1)

@@ -156,7 +156,8 @@ def figure_tables(runs: pd.DataFrame, means: pd.DataFrame, theory: pd.DataFrame,
     best = means_w.loc[g["eps_t"].idxmin()].sort_values("alpha")
     out: dict[str, Any] = {
         "delta": delta_by_alpha(runs[np.isclose(runs["omega"], omega)]),
-        "branches": means_w.assign(eps_g_se=means_w["eps_g_std"] / np.sqrt(means_w["runs"]))
+        "branches": means_w.assign(eps_g_se=means_w["eps_g_std"] / np.sqrt(means_w["runs"]),
+                                   eps_t_se=means_w["eps_t_std"] / np.sqrt(means_w["runs"]))
                            .reset_index(drop=True),
         "best": pd.DataFrame({"alpha": best["alpha"].to_numpy(),
                               "eps_g_global": best["eps_g"].to_numpy(),

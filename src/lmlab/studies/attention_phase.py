@@ -20,6 +20,9 @@ Commands::
     lmlab run attention-phase --preset quick     # small d, coarse grid, momentum (~1 min)
     lmlab run attention-phase --preset paper     # d = 1000, 25 α × 25 ω × 24 seeds, 5,000 GD steps
     lmlab run attention-phase --preset paper --set sweep.backend=ray --set sweep.address=auto
+    lmlab run attention-phase --set cv.lambdas=0.001,0.01,0.1          # cross-validate λ
+    lmlab run attention-phase --set concentration.ds=100,200,500,1000,2000
+    lmlab run attention-phase --set theory.spinodals=true           # where each branch ends
 
 >>> Config.paper().task.d, len(Config.paper().grid.alphas()), len(Config.paper().grid.omegas)
 (1000, 25, 25)
@@ -38,6 +41,8 @@ from lmlab.data.attention_teacher import AttentionTask
 from lmlab.errors import LmlabError
 from lmlab.models.attention_student import GDConfig
 from lmlab.runs import Report, RunDir
+from lmlab.studies._attention_phase_cells import Cell, cell_key, simulate_cell
+from lmlab.studies._attention_phase_extras import ConcentrationConfig, CVConfig
 from lmlab.studies._attention_phase_grid import (
     _CELL_WHY,
     MAX_CELL_BYTES,
@@ -45,6 +50,8 @@ from lmlab.studies._attention_phase_grid import (
     Grid,
     TheoryConfig,
 )
+from lmlab.studies._attention_phase_more import extra_figures, extra_report
+from lmlab.studies._attention_phase_more import extra_summary as _extra_summary
 from lmlab.studies._attention_phase_tables import (
     crossing,
     crossing_table,
@@ -64,8 +71,9 @@ STUDY = {"name": "attention-phase", "order": 6,
                          "n/d, simulation + theory"),
          "source": "Cui, Behrens, Krzakala, Zdeborová, NeurIPS 2024"}
 
-__all__ = ["Cell", "Config", "Grid", "Result", "SUMMARY", "TheoryConfig", "check", "crossing",
-           "plot", "report", "run", "simulate_cell", "simulated_crossings"]
+__all__ = ["CVConfig", "Cell", "ConcentrationConfig", "Config", "Grid", "Result", "SUMMARY",
+           "TheoryConfig", "check", "crossing", "plot", "report", "run", "simulate_cell",
+           "simulated_crossings"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: every finished sweep cell is stored in
 # ``<run>/cells``.
@@ -101,6 +109,17 @@ SUMMARY = Summary(
                "(null without theory)"),
     SummaryKey("alpha_l_theory", float, "α where the global minimum's ε_g equals the linear "
                "baseline's (theory; null without theory)"),
+    SummaryKey("alpha_sp_sem_theory", float, "the semantic branch's spinodal at ω: below it "
+               "the branch no longer exists (theory; null without theory.spinodals)"),
+    SummaryKey("alpha_sp_pos_theory", float, "the positional branch's spinodal at ω: above it "
+               "the branch no longer exists (theory; null without theory.spinodals)"),
+    SummaryKey("cv_lambda_sem_alpha2", float, "the cross-validated λ of the semantic start at "
+               "the largest α (null without cv.lambdas)"),
+    SummaryKey("cv_lambda_pos_alpha2", float, "the cross-validated λ of the positional start "
+               "at the largest α (null without cv.lambdas)"),
+    SummaryKey("concentration_slope.<statistic>", float, "slope of log(std over seeds) "
+               "against log d, per statistic (theta_emp_semantic, m_positional, "
+               "eps_t_<init>); −0.5 is the 1/√d rate; absent without concentration.ds"),
     SummaryKey("theory.<quantity>", (float, str), "the theory's values at the same points "
                "(alpha, eps_g_sem, eps_t_pos, ..., curve_points_converged as 'k/n'); absent "
                "without theory"),
@@ -116,6 +135,9 @@ class Config:
         gd: the student's gradient descent.
         grid: the α × ω × seeds × initialisations sweep.
         theory: the asymptotic theory.
+        cv: cross-validation of λ (off unless ``cv.lambdas`` is set).
+        concentration: the spread of the statistics over d (off unless ``concentration.ds``
+            is set).
         sweep: where the cells run (in-process, a process pool or Ray).
         n_test: test samples per cell.
         lam_lin: ridge penalty of the linear baseline.
@@ -130,6 +152,8 @@ class Config:
     gd: GDConfig = field(default_factory=GDConfig)
     grid: Grid = field(default_factory=Grid)
     theory: TheoryConfig = field(default_factory=TheoryConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    concentration: ConcentrationConfig = field(default_factory=ConcentrationConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     n_test: int = ranged(50_000, 1, 10**6, why=_CELL_WHY)
     lam_lin: float = ranged(1e-4, 0)
@@ -160,6 +184,8 @@ class Config:
         self.task.validate()
         self.gd.validate()
         self.grid.validate()
+        self.cv.validate()
+        self.concentration.validate()
         self.sweep.validate()
         check_ranges(self)
         g, need = self.grid, self.cell_bytes()
@@ -188,61 +214,6 @@ class Config:
                       + students * (4 * n_max * 2 * t.rank + 4 * n_max + self.gd.steps))
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One unit of the sweep: one seed and one ω, every α and initialisation."""
-
-    task: AttentionTask
-    gd: GDConfig
-    ns: tuple[int, ...]
-    omega: float
-    seed: int
-    n_test: int
-    inits: tuple[str, ...]
-    lam_lin: float
-    dtype: str
-
-
-def simulate_cell(cell: Cell) -> list[dict[str, Any]]:
-    """Train every (α, init) student of a cell and the linear baseline; one row each."""
-    import torch
-
-    from lmlab.data.attention_teacher import sample_group
-    from lmlab.models.attention_student import StudentSpec, train_students
-
-    dtype = getattr(torch, cell.dtype)
-    data = sample_group(cell.task, n=max(cell.ns), n_test=cell.n_test, seed=cell.seed,
-                        dtype=dtype)
-    specs = [StudentSpec(n=n, omega=cell.omega, init=init)  # type: ignore[arg-type]
-             for n in cell.ns for init in cell.inits]
-    res = train_students(data, specs, cell.gd, seed=cell.seed, dtype=dtype)
-    lin = {n: linear_baseline_error(data, cell.omega, n, cell.lam_lin) for n in cell.ns}
-    rows = res.table.assign(seed=cell.seed, seconds=res.seconds / len(specs))
-    rows["eps_lin"] = rows["n"].map(lin)
-    return rows.to_dict("records")
-
-
-def linear_baseline_error(data: Any, omega: float, n: int, lam: float) -> float:
-    """Test error of ``ŷ = B z`` (B 2×2) fitted by ridge on the first n samples (the exact
-    minimiser of Σ‖y − Bz‖²/(2d) + λ/2‖B‖², which the authors approach with Adam)."""
-    import torch
-
-    d = data.task.d
-    A = data.task.A_tensor()
-
-    def stats(split: Any, k: int) -> tuple[Any, Any]:
-        T = (1 - omega) * split.T_sem[:k] + omega * A                   # (k, 2, 2)
-        return T, split.Czz[:k]
-
-    T, Czz = stats(data.train, n)
-    Syz = (T @ Czz).sum(0) / d                                          # Σ y zᵀ / d
-    Szz = Czz.sum(0) / d
-    B = Syz @ torch.linalg.inv(Szz + lam * torch.eye(2, dtype=Szz.dtype))
-    Tt, Czzt = stats(data.test, data.test.x.shape[0])
-    R = Tt - B                                                          # y − Bz = (T − B) z
-    return float(((R @ Czzt) * R).sum((-1, -2)).mean() / (2 * d))
-
-
 def _published_setting(cfg: Config) -> bool:
     """Whether the published lines apply: the authors' σ, λ, A, rank and scalings."""
     t = cfg.task
@@ -265,12 +236,17 @@ class Result:
         summary: the numbers of ``summary.json`` (see ``SUMMARY``).
         delta: per (quantity ``eps_t``/``eps_g``, α): the seed mean of the paired semantic −
             positional difference, its standard error and the number of seeds.
-        branches: the rows of ``means`` at ``fig2_omega``, with ``eps_g_se``.
+        branches: the rows of ``means`` at ``fig2_omega``, with ``eps_g_se`` and ``eps_t_se``.
         best: per α: ε_g of the initialisation with the lower mean ε_t, and the mean ε_lin.
         theory_pairs: per α of the theory: Δε_t, Δε_g, the global minimum's ε_g, converged.
         phase_eps_t: per (ω, α): the seed mean of Δε_t (Fig. 3 left).
         phase_linear: per (ω, α): ε_lin − ε_g of the global minimum (Fig. 3 right).
         published: the published α_c(ω) where the authors' parameters ran, else empty.
+        cv: per (α, init, λ) at ``fig2_omega``: the mean validation error on held-out samples
+            ± standard error, the mean test error (``cv.csv``); empty without ``cv.lambdas``.
+        cv_choice: per (α, init): the λ of lowest validation error (``cv_choice.csv``).
+        concentration: per (d, init, quantity): mean, std over seeds, std/|mean|
+            (``concentration.csv``); empty without ``concentration.ds``.
     """
 
     config: Config
@@ -287,6 +263,9 @@ class Result:
     phase_eps_t: pd.DataFrame
     phase_linear: pd.DataFrame
     published: pd.DataFrame
+    cv: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cv_choice: pd.DataFrame = field(default_factory=pd.DataFrame)
+    concentration: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def check(cfg: Config) -> None:
@@ -295,11 +274,13 @@ def check(cfg: Config) -> None:
 
 
 def cells_of(cfg: Config) -> list[Cell]:
-    """The sweep's cells, seed-major."""
+    """The sweep's cells, seed-major (λ is cross-validated in the cells at ``fig2_omega``)."""
     d = cfg.task.d
     ns = tuple(sorted({max(1, round(float(a) * d)) for a in cfg.grid.alphas()}))
     return [Cell(cfg.task, cfg.gd, ns, w, cfg.seed * 1_000_003 + s, cfg.n_test,
-                 tuple(cfg.grid.inits), cfg.lam_lin, cfg.dtype)
+                 tuple(cfg.grid.inits), cfg.lam_lin, cfg.dtype,
+                 cv_lambdas=cfg.cv.lambdas if w == cfg.grid.fig2_omega else (),
+                 cv_holdout=cfg.cv.holdout)
             for s in range(cfg.grid.seeds) for w in cfg.grid.all_omegas()]
 
 
@@ -309,13 +290,18 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     The data tables (``runs.csv``, ``means.csv``, ``alpha_c_by_omega.csv``, the theory's) go
     to ``run_dir``; the finished cells to ``cfg.store`` (default ``run_dir/cells``).
     """
+    from lmlab.studies._attention_phase_more import concentration_of, cv_of
     from lmlab.sweep import run_sweep
     from lmlab.theory.attention import PUBLISHED_ALPHA_C
 
     store = cfg.store or str(run_dir.path / "cells")
-    runs = run_sweep(simulate_cell, cells_of(cfg), cfg.sweep, store=store,
+    rows = run_sweep(simulate_cell, cells_of(cfg), cfg.sweep, store=store, key=cell_key,
                      desc="attention-phase cells").drop(columns=["cell"], errors="ignore")
+    part = rows["part"].fillna("main") if "part" in rows else pd.Series("main", rows.index)
+    runs = rows[part == "main"].drop(columns=["part"], errors="ignore").reset_index(drop=True)
     run_dir.save_table("runs.csv", runs)
+    cv = cv_of(rows[part == "cv"], run_dir)
+    concentration = concentration_of(cfg, store, run_dir)
     means = means_of(runs)
     run_dir.save_table("means.csv", means)
     theory, lines = _theory(cfg, run_dir)
@@ -323,10 +309,11 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     crossings = crossing_table(runs, lines, published)
     run_dir.save_table("alpha_c_by_omega.csv", crossings)
     summary = _summary(cfg, crossings, means, theory, lines)
+    _extra_summary(summary, cfg, lines, cv["cv_choice"], concentration)
     tables = figure_tables(runs, means, theory, omega=cfg.grid.fig2_omega, sigma=cfg.task.sigma,
                            published=published)
     return Result(config=cfg, runs=runs, means=means, lines=lines, crossings=crossings,
-                  summary=summary, **tables)
+                  summary=summary, concentration=concentration, **cv, **tables)
 
 
 def _theory(cfg: Config, run_dir: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -348,6 +335,10 @@ def _theory(cfg: Config, run_dir: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     lines = pd.DataFrame([{"omega": w, "alpha_c": alpha_c(params(w)),
                            "alpha_l": alpha_l(params(w)), "eps_lin": linear_baseline(params(w))[0]}
                           for w in cfg.theory.line_omegas])
+    if cfg.theory.spinodals:
+        from lmlab.studies._attention_phase_more import spinodal_columns
+
+        lines = spinodal_columns(lines, params)
     run_dir.save_table("theory_curves.csv", curves)
     run_dir.save_table("theory_lines.csv", lines)
     return curves, lines
@@ -440,11 +431,14 @@ def plot(result: Result) -> dict[str, Figure]:
             r.phase_eps_t, r.lines, "alpha_c", title="Δε_t = ε_t(semantic) − ε_t(positional)",
             label="Δε_t", crossings=r.crossings, published=r.published),
             "Fig. 3: Δε_t over ω × α with the theory's α_c(ω), the simulated crossing per ω (± "
-            "standard error over seeds) and, for the authors' parameters, the published α_c(ω).")
+            "standard error over seeds) and, for the authors' parameters, the published α_c(ω)"
+            + ("; dotted: the theory's spinodals, where the semantic branch (left) and the "
+               "positional one (right) cease to exist." if "alpha_sp_sem" in r.lines else "."))
         figures["fig3_attention_vs_linear"] = captioned(plot_phase_diagram(
             r.phase_linear, r.lines, "alpha_l", title="ε_lin − ε_g(global minimum)",
             label="ε_lin − ε_g"),
             "Fig. 3: ε_lin − ε_g of the global minimum with the theory's α_l(ω).")
+    figures.update(extra_figures(r))
     return figures
 
 
@@ -468,9 +462,13 @@ def report(result: Result, figures: dict[str, Figure]) -> Report:
         rep.add_key_values(s["theory"], caption="Theory at the same points")
     rep.add_figures(figures, names=["fig2_left_delta_eps_t", "fig2_middle_eps_g",
                                     "fig2_right_order_parameters", "delta_eps_g",
-                                    "fig3_phase_eps_t", "fig3_attention_vs_linear"])
+                                    "errors_absolute", "fig3_phase_eps_t",
+                                    "fig3_attention_vs_linear", "cv_lambda", "concentration"])
     rep.add_table(result.crossings, caption="α_c per ω: simulated (crossing of the mean Δε_t; "
                   "standard error over the per-seed crossings), theory, published")
     if not result.lines.empty:
-        rep.add_table(result.lines, caption="Theory lines: α_c(ω) and α_l(ω)")
+        rep.add_table(result.lines, caption="Theory lines: α_c(ω) and α_l(ω)"
+                      + (", and the spinodals of the semantic (alpha_sp_sem) and positional "
+                         "(alpha_sp_pos) branches" if "alpha_sp_sem" in result.lines else ""))
+    extra_report(rep, result)
     return rep

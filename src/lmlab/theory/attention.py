@@ -30,6 +30,11 @@ The fixed point is found by damped iteration ``x ← damping·x + (1 − damping
 authors' initial conditions. Accuracy at the default order 10 (against orders 12–16 and a Monte
 Carlo solution): ε_t to ≈0.2 %, ε_g to ≈1 %, α_c and α_l to ≈0.01.
 
+Spinodals (:func:`spinodal`): a branch ceases to exist where, followed by continuation in α
+from α_c, its iteration stops converging, its own overlap collapses onto the agnostic
+solution, or a small step off its invariant subspace grows (:func:`transverse_multiplier`
+> 1). α_c lies between the semantic spinodal (below) and the positional one (above).
+
 The published lines are reproduced where the crossing lies at larger α: α_c within 0.03 for
 ω ≥ 0.15 but 0.05–0.08 larger here at ω ≤ 0.1, α_l 0.02–0.045 larger here for every ω. The
 authors' tabulated fixed points drift at small α (one map iteration of these equations moves
@@ -58,14 +63,15 @@ from scipy.optimize import brentq
 from lmlab.errors import LmlabError, first_line
 from lmlab.runs.io import atomic_write_json
 
-from ._quadrature import linear_error
+from ._quadrature import channel, linear_error
 from ._solver import BRANCHES, FixedPoint, TheoryParams, _check_alpha, _check_branch, solve_branch
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["BRANCHES", "TheoryParams", "FixedPoint", "solve_branch", "solve_curve", "alpha_c",
-           "linear_baseline", "alpha_l", "PUBLISHED_ALPHA_C", "PUBLISHED_ALPHA_L"]
+           "linear_baseline", "alpha_l", "PUBLISHED_ALPHA_C", "PUBLISHED_ALPHA_L",
+           "branch_exists", "spinodal", "transverse_multiplier"]
 
 #: The published α_c(ω) (σ = 0.5, λ = 0.01, A = [[.6, .4], [.4, .6]]): the ``'spinodal'`` entry
 #: of the authors' plotting notebook, which is the equal-training-loss line, not a spinodal.
@@ -315,3 +321,91 @@ def alpha_l(params: TheoryParams = _DEFAULT, bracket: Sequence[float] = (0.3, 2.
             return refine(ac, at_right, b, right)
         return ac
     return math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# Spinodals: where a branch ceases to exist
+
+
+def transverse_multiplier(fp: FixedPoint, params: TheoryParams = _DEFAULT,
+                          eps: float = 1e-3) -> float:
+    """How one undamped iteration scales a small step off the branch's invariant subspace.
+
+    The positional branch lives on θ = 0 and the semantic one on m = 0; both are exact
+    symmetries (θ → −θ, m → −m), so at a fixed point the Jacobian of the iteration is block
+    diagonal and the step ``eps`` in θ (positional) or m (semantic) comes back multiplied by
+    this number. Below 1 the branch is a stable fixed point; above 1 the iteration leaves it
+    (towards the other mechanism): the branch has ceased to exist.
+    """
+    s2 = params.sigma ** 2
+    kw: dict[str, Any] = dict(sigma2=s2, omega=params.omega, A=params.A, order=params.order,
+                              prox_iter=params.prox_iter)
+    den = params.lam + fp.Vhat * s2
+    if fp.branch == "positional":
+        ch = channel(fp.q, fp.m, eps, fp.V, **kw)
+        thetahat = fp.alpha * ch.f_eta / math.sqrt(max(s2 - eps * eps / fp.q, 1e-300))
+        return float(s2 * s2 * thetahat / den / eps)          # θ_new = σ²ρθ̂/(λ + V̂σ²)
+    ch = channel(fp.q, eps, fp.theta, fp.V, **kw)
+    return float(fp.alpha * ch.f_diff / den / eps)            # m_new = m̂/(λ + V̂σ²)
+
+
+def branch_exists(alpha: float, branch: str, params: TheoryParams = _DEFAULT,
+                  init: FixedPoint | None = None, floor: float = 1e-3
+                  ) -> tuple[bool, FixedPoint]:
+    """Whether ``branch`` exists at ``alpha``: its iteration (from ``init``) converges, its own
+    overlap has not collapsed onto the agnostic solution (``m`` positional, ``θ/σ²``
+    semantic, above ``floor``) and it is stable off its subspace
+    (:func:`transverse_multiplier` < 1). Returns the answer and the fixed point."""
+    fp = solve_branch(alpha, branch, params, init=init)
+    overlap = fp.m if branch == "positional" else fp.theta / params.sigma ** 2
+    ok = bool(fp.converged and abs(overlap) > floor
+              and transverse_multiplier(fp, params) < 1.0)
+    return ok, fp
+
+
+def spinodal(params: TheoryParams = _DEFAULT, branch: str = "positional",
+             start: float | None = None, bracket: Sequence[float] = (0.05, 10.0),
+             ratio: float = 1.1, xtol: float = 2e-3) -> float:
+    """The α where ``branch`` ceases to exist (:func:`branch_exists`), by continuation in α.
+
+    Both branches exist at α_c, so the walk starts there (``start``, default
+    :func:`alpha_c`): the positional branch is followed upwards, the semantic one downwards,
+    in geometric steps (``ratio``) within ``bracket``, each solve starting from the previous
+    fixed point; the first step where the branch no longer exists is bisected to ``xtol``.
+    (The published ``'spinodal'`` list is α_c, the equal-loss line; these are the spinodals.)
+
+    Returns:
+        The spinodal, or NaN if the branch exists on the whole bracket or not at ``start``.
+
+    >>> p = TheoryParams(order=4, max_iter=2)
+    >>> math.isnan(spinodal(p, "semantic", start=1.5))   # no converged branch at the start
+    True
+    """
+    lo, hi = _check_bracket(bracket, 2)
+    b = _check_branch(branch)
+    if not ratio > 1:
+        raise LmlabError(f"ratio must be > 1, got {ratio!r}")
+    up = b == "positional"
+    good = alpha_c(params) if start is None else _check_alpha(start)
+    if not lo <= good <= hi:
+        return math.nan
+    ok, fp = branch_exists(good, b, params)
+    if not ok:
+        return math.nan
+    while True:
+        nxt = min(good * ratio, hi) if up else max(good / ratio, lo)
+        if nxt == good:
+            return math.nan                    # exists on the whole bracket
+        ok, new = branch_exists(nxt, b, params, init=fp)
+        if not ok:
+            break
+        good, fp = nxt, new
+    bad = nxt
+    while abs(bad - good) > xtol:
+        mid = 0.5 * (good + bad)
+        ok, new = branch_exists(mid, b, params, init=fp)
+        if ok:
+            good, fp = mid, new
+        else:
+            bad = mid
+    return 0.5 * (good + bad)
