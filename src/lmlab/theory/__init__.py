@@ -12,16 +12,32 @@ published notebook's coarser numerical scheme for the same model, to trace publi
 
 from __future__ import annotations
 
+from ._rs_agnostic import solve_agnostic
 from .attention import (
     BRANCHES,
     FixedPoint,
     TheoryParams,
     alpha_c,
     alpha_l,
+    branch_exists,
     linear_baseline,
     solve_branch,
     solve_curve,
+    spinodal,
+    transverse_multiplier,
 )
 
 __all__ = ["BRANCHES", "TheoryParams", "FixedPoint", "solve_branch", "solve_curve", "alpha_c",
-           "linear_baseline", "alpha_l"]
+           "linear_baseline", "alpha_l", "spinodal", "branch_exists", "transverse_multiplier"]
+
+# The finite-d branch minima (lmlab.theory.finite_d) import torch: loaded on first use.
+_FINITE_D = ("GramProblem", "draw_problem", "minimise_branch", "rs_reference", "run_branches")
+__all__ += ["solve_agnostic", *_FINITE_D]
+
+
+def __getattr__(name: str) -> object:
+    if name in _FINITE_D:
+        from . import finite_d
+
+        return getattr(finite_d, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
