@@ -53,12 +53,14 @@ def wikitext2_lines(split: str) -> list[str]:
     except ImportError:
         raise LmlabError("WikiText-2 needs the datasets library (pip install datasets) and the "
                          "hub; offline, use --set data.source=stdlib-docstrings or "
-                         "--set data.path=FILE") from None
+                         "--set data.source=file --set data.path=FILE") from None
     try:
         ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
     except Exception as e:  # noqa: BLE001 - network and hub errors of many kinds
-        raise LmlabError(f"cannot load WikiText-2 ({first_line(e)}); offline, use "
-                         "--set data.source=stdlib-docstrings or --set data.path=FILE") from None
+        raise LmlabError(f"cannot load WikiText-2 ({first_line(e)}); a copy downloaded once is "
+                         "reused offline (HF_HUB_OFFLINE=1); else use "
+                         "--set data.source=stdlib-docstrings or "
+                         "--set data.source=file --set data.path=FILE") from None
     return [str(t) for t in ds["text"]]
 
 
