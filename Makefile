@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench lint clean browser
+.PHONY: demo test test-slow bench bench-7b lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test-slow: $(VENV)/.installed-dev browser
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/spectral_vs_weightwatcher.py
 	$(BIN)/python benchmarks/spectral_options_vs_weightwatcher.py
+
+# A Llama-7B-shaped checkpoint (random bf16 weights, ~13.5 GB generated once) on 1 and 2 cores:
+# more than an hour on a 2-core CPU, so it is not part of `bench`.
+bench-7b: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/spectral_7b_shaped.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples

@@ -41,7 +41,6 @@ import pandas as pd
 
 from lmlab.errors import LmlabError
 from lmlab.spectral.extras import extra_column_names
-from lmlab.spectral.layer import base_row, dims_of, layer_row
 from lmlab.spectral.options import NOT_SUPPORTED, AnalyzeOptions, check_options
 from lmlab.spectral.sources import LayerRef, describe_source, iter_layers
 
@@ -254,36 +253,30 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame
 
 def _iter_rows(source: Any, opts: AnalyzeOptions, *, layers: Sequence[int | str] | None,
                base_model: Any, device: Any, progress: bool | None, keep_esds: bool,
+               workers: int | None = 1, threads: int | None = None,
                ) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
     import sys
 
     import torch
-    from tqdm.auto import tqdm
 
     from lmlab.spectral.pairing import delta_layers
+    from lmlab.spectral.parallel import analysed_rows
 
     dev = torch.device(device) if device is not None else None
     refs_in: Iterable[LayerRef] = shifted_ids(iter_layers(source), opts.start_ids)
-    refs = select_layers(list(refs_in), layers)
+    refs = list(refs_in)
     missing: dict[int, str] = {}
     if base_model is not None:
         refs, missing = delta_layers(refs, shifted_ids(iter_layers(base_model), opts.start_ids))
+    # selected after pairing: a LoRA adapter merged into its base takes the base's layer ids
+    refs = select_layers(refs, layers)
+    from lmlab.spectral.adapters import low_rank_skips  # LoRA updates: rank r < min_evals
+
+    missing.update(low_rank_skips(refs, opts.min_evals))
     columns = columns_for(opts)
     show = sys.stderr.isatty() if progress is None else progress
-    rows, esds = [], {}
-    bar = tqdm(refs, desc="spectra", unit="layer", disable=not show, leave=False)
-    for ref in bar:
-        bar.set_postfix_str(ref.longname[-40:], refresh=False)
-        if ref.layer_id in missing:
-            row = base_row(ref, *dims_of(ref), opts, columns)
-            row.update(status="skipped", reason=missing[ref.layer_id])
-            rows.append(row)
-            continue
-        row, evals = layer_row(ref, opts, columns=columns, device=dev)
-        rows.append(row)
-        if keep_esds and evals is not None:
-            esds[ref.layer_id] = evals
-    return rows, esds
+    return analysed_rows(refs, opts, columns, missing=missing, device=dev, show=show,
+                         keep_esds=keep_esds, workers=workers, threads=threads)
 
 
 def analyze(
@@ -295,6 +288,7 @@ def analyze(
     threads: int | None = None,
     progress: bool | None = None,
     options: AnalyzeOptions | None = None,
+    workers: int | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Analyse every weight matrix of a model: one row per layer.
@@ -310,7 +304,12 @@ def analyze(
             lacks is listed as skipped; a shape mismatch is refused.
         device: where to compute (``"cuda"`` uses the torch backend); default CPU.
         threads: BLAS/torch threads for this call (restored afterwards); default unchanged.
-        progress: show a progress bar (default: when stderr is a terminal).
+        progress: show a progress bar (default: when stderr is a terminal): share done, ETA
+            weighted by each matrix's cost, matrices done and their rate.
+        workers: worker processes, one BLAS thread each, for matrices read from safetensors
+            files (other sources run serially); 1 = serial; ``None`` (default) = every core
+            when the model is large enough to gain (:mod:`lmlab.spectral.parallel` gives the
+            rule), else serial. The rows are the same either way.
         options: an :class:`~lmlab.spectral.options.AnalyzeOptions`, or give its fields as
             keywords — weightwatcher's names: ``min_evals``, ``max_evals``, ``max_N``,
             ``fit`` (``PL``/``TPL``/``E_TPL``), ``fix_fingers``, ``xmin_max``, ``max_fingers``,
@@ -335,7 +334,7 @@ def analyze(
         check_options(opts)
     return analyze_with_spectra(model_or_path, layers=layers, base_model=base_model,
                                 device=device, threads=threads, progress=progress,
-                                options=opts, keep_esds=False)[0]
+                                options=opts, keep_esds=False, workers=workers)[0]
 
 
 def analyze_with_spectra(
@@ -348,6 +347,7 @@ def analyze_with_spectra(
     progress: bool | None = None,
     options: AnalyzeOptions,
     keep_esds: bool = True,
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
     """:func:`analyze`'s table and, in the same pass, the eigenvalues of every analysed layer
     by ``layer_id`` (for per-layer figures; nothing is computed twice). ``options`` must have
@@ -358,7 +358,8 @@ def analyze_with_spectra(
         layers = [layers]
     with limit_threads(threads):
         rows, esds = _iter_rows(model_or_path, options, layers=layers, base_model=base_model,
-                                device=device, progress=progress, keep_esds=keep_esds)
+                                device=device, progress=progress, keep_esds=keep_esds,
+                                workers=workers, threads=threads)
     if not rows:
         what = describe_source(model_or_path)
         detail = f" matching layers={layers!r}" if layers else ""

@@ -6,7 +6,14 @@ singular values of W, **not** divided by N (weightwatcher's convention). Two rou
 * ``method="eigh"`` (default): ``eigvalsh`` of the M×M Gram matrix of the smaller side — several
   times faster than an SVD and, in float64, the same α to ~1e-12;
 * ``method="svd"``: singular values of W itself (weightwatcher's route; most accurate for the
-  smallest eigenvalues).
+  smallest eigenvalues). It needs W whole in float64: N·M·8 bytes (1 GiB for 32000×4096).
+
+A matrix too large for one block (:mod:`~lmlab.spectral.blocks`) takes the eigh route without
+ever being copied whole: :func:`gram_of_blocks` sums BᵀB over float64 row blocks of its tall
+side, and :func:`spectrum_of_gram` takes the eigenvalues; the rare matrix that needs the
+SVD (a possible rank loss) or a refined σmin uses R of a blocked QR (RᵀR = WᵀW, M×M) in place
+of W, as accurate as an SVD of W itself. Memory: the M×M Gram matrix, one accumulation buffer
+of the same size, and one block.
 
 Weights are cast to float32 and then to the compute precision (float64 by default), exactly as
 weightwatcher does. Conv2d kernels (out, in, kh, kw) are split into kh·kw slices whose
@@ -20,13 +27,17 @@ array([1., 4., 9.])
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-__all__ = ["Spectrum", "matrices_of", "spectrum_of", "Method", "Precision"]
+if TYPE_CHECKING:
+    from lmlab.spectral.blocks import MatrixBlocks
+
+__all__ = ["Spectrum", "matrices_of", "spectrum_of", "gram_of_blocks", "spectrum_of_gram",
+           "Method", "Precision"]
 
 Method = Literal["eigh", "svd"]
 Precision = Literal["float64", "float32"]
@@ -173,6 +184,85 @@ def _cast(W: np.ndarray, precision: Precision) -> np.ndarray:
         return np.asarray(W, dtype=np.complex64).astype(wide)
     dtype = np.float64 if precision == "float64" else np.float32
     return np.asarray(W, dtype=np.float32).astype(dtype)
+
+
+def gram_of_blocks(blocks: MatrixBlocks, *, scale: float = 1.0,
+                   precision: Precision = "float64",
+                   on_block: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """The M×M Gram matrix TᵀT of the tall side, summed over row blocks in float64 (float32
+    in the fast mode); each float32 block is shown to ``on_block`` first (weight checks).
+
+    >>> from lmlab.spectral.blocks import TensorBlocks
+    >>> W = np.arange(12.0).reshape(4, 3)
+    >>> G = gram_of_blocks(TensorBlocks(W, block_bytes=3 * 8))  # one row per block
+    >>> bool(np.allclose(G, W.T @ W))
+    True
+    """
+    dtype: type[np.floating[Any]] = np.float64 if precision == "float64" else np.float32
+    gram: np.ndarray | None = None
+    buffer: np.ndarray | None = None
+    for block in blocks.tall_blocks():
+        if on_block is not None:
+            on_block(block)
+        B: np.ndarray = block.astype(dtype)
+        if scale != 1.0:
+            B = np.multiply(B, scale, dtype=B.dtype)
+        if gram is None:
+            gram = B.T @ B  # runs as a syrk
+        else:
+            if buffer is None:
+                buffer = np.empty_like(gram)
+            np.matmul(B.T, B, out=buffer)
+            gram += buffer
+        del B, block
+    assert gram is not None
+    return gram
+
+
+def _blocked_r(blocks: MatrixBlocks, scale: float) -> np.ndarray:
+    """R (M×M) of a QR of the tall side taken block by block: RᵀR = TᵀT, σ(R) = σ(T)."""
+    R: np.ndarray | None = None
+    for block in blocks.tall_blocks():
+        B = block.astype(np.float64)
+        if scale != 1.0:
+            B = np.multiply(B, scale, dtype=B.dtype)
+        R = np.asarray(np.linalg.qr(B if R is None else np.vstack([R, B]), mode="r"))
+    assert R is not None
+    return R
+
+
+def spectrum_of_gram(gram: np.ndarray, blocks: MatrixBlocks, *, N: int | None = None,
+                     scale: float = 1.0) -> Spectrum:
+    """The :class:`Spectrum` of one matrix from its Gram matrix (:func:`gram_of_blocks`),
+    with the checks of the eigh route: a smallest eigenvalue at the numerical floor takes
+    the SVD, one near it a refined σmin, both from R of a blocked QR (read again from
+    ``blocks``). ``gram`` may be overwritten.
+
+    >>> from lmlab.spectral.blocks import TensorBlocks
+    >>> blocks = TensorBlocks(np.diag([3.0, 2.0, 1.0]))
+    >>> spectrum_of_gram(gram_of_blocks(blocks), blocks).evals
+    array([1., 4., 9.])
+    """
+    N = blocks.N if N is None else N
+    ev = np.linalg.eigvalsh(gram)
+    if ev.dtype != np.float64:
+        sv = np.sqrt(np.clip(ev, 0.0, None))
+    else:
+        noise = np.finfo(np.float64).eps * max(float(ev[-1]), 0.0)
+        if ev[0] <= _RANK_SAFE * noise:
+            sv = np.sort(np.linalg.svd(_blocked_r(blocks, scale), compute_uv=False))
+        else:
+            sv = np.sqrt(ev)
+            if ev[0] <= _SVMIN_SAFE * noise:
+                R = _blocked_r(blocks, scale)
+                refined = _smallest_singular_value(R)
+                if refined is None:
+                    sv = np.sort(np.linalg.svd(R, compute_uv=False))
+                else:
+                    sv[0] = refined
+    sv = sv.astype(np.float64)
+    return Spectrum(evals=np.sort(sv * sv), sv_max=float(np.max(sv)), sv_min=float(np.min(sv)),
+                    rank_loss=_rank_loss(sv, N))
 
 
 def spectrum_of(

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.spectral.blocks import MatrixBlocks, blocks_of
 from lmlab.spectral.detx import weak_rank_loss
-from lmlab.spectral.esd import Spectrum, matrices_of, spectrum_of
+from lmlab.spectral.esd import Spectrum, gram_of_blocks, matrices_of, spectrum_of, spectrum_of_gram
 from lmlab.spectral.options import AnalyzeOptions
 from lmlab.spectral.sources import LayerRef
 
@@ -147,10 +148,71 @@ def _spectrum(mats: list[np.ndarray], N: int, scale: float, opts: AnalyzeOptions
     return spectrum_of(mats, N=N, scale=scale, method=method, precision=opts.precision)
 
 
+def _streamable(ref: LayerRef, opts: AnalyzeOptions, device: Any) -> bool:
+    """Whether the layer takes the blocked route: a 2-D matrix on the CPU eigh route, with no
+    option that needs the matrix itself (``randomize``, ``vectors``, ``inverse``'s SVD)."""
+    on_cpu = device is None or getattr(device, "type", "cpu") == "cpu"
+    return (on_cpu and ref.layer_type != "conv2d" and len(ref.shape) == 2
+            and opts.method == "eigh" and not (opts.inverse or opts.randomize or opts.vectors))
+
+
+class _BlockCheck:
+    """:func:`_weights_problem` over a matrix seen one block at a time."""
+
+    def __init__(self) -> None:
+        self.energy, self.bad = 0.0, 0
+
+    def add(self, block: np.ndarray) -> None:
+        flat = block.ravel()
+        energy = _energy(flat)
+        if not math.isfinite(energy):
+            self.bad += int(flat.size - np.count_nonzero(np.isfinite(flat)))
+        self.energy += energy
+
+    def problem(self) -> str:
+        if self.bad:
+            return f"weights contain {self.bad} NaN/Inf values"
+        return "all-zero weight matrix" if self.energy == 0.0 else ""
+
+
+def _blocked_spectrum(blocks: MatrixBlocks, N: int, M: int, ref: LayerRef,
+                      opts: AnalyzeOptions) -> tuple[Spectrum | None, str, float]:
+    """(spectrum, problem, scale) of a matrix read block by block (never copied whole)."""
+    from lmlab.spectral import extras
+
+    _, scale = extras.prepared_matrices([], N, M, 1, ref.layer_type, opts)
+    check = _BlockCheck()
+    gram = gram_of_blocks(blocks, scale=scale, precision=opts.precision, on_block=check.add)
+    problem = check.problem()
+    if problem:
+        return None, problem, scale
+    return spectrum_of_gram(gram, blocks, N=N, scale=scale), "", scale
+
+
+def _load_matrix(ref: LayerRef, opts: AnalyzeOptions, device: Any
+                 ) -> tuple[np.ndarray | None, MatrixBlocks | None]:
+    """The weight as one float32 array, or (for a 2-D matrix larger than one block on the
+    blocked route) its blocks."""
+    if _streamable(ref, opts, device):
+        blocks, tensor = blocks_of(ref.load)
+        if blocks is None:
+            return _to_numpy(tensor), None
+        if blocks.n_blocks > 1:
+            return None, blocks
+        try:
+            return blocks.whole(), None
+        finally:
+            blocks.close()
+    return _to_numpy(ref.load()), None
+
+
 def layer_row(ref: LayerRef, opts: AnalyzeOptions, *, columns: tuple[str, ...] = (),
               device: Any = None, rng: np.random.Generator | None = None,
               ) -> tuple[dict[str, Any], np.ndarray | None]:
     """The row of one layer and its eigenvalues (None when skipped or failed early).
+
+    A 2-D matrix larger than one block (:data:`~lmlab.spectral.blocks.BLOCK_BYTES` in
+    float64) on the CPU eigh route is read block by block and never copied whole.
 
     Args:
         ref: the layer.
@@ -169,14 +231,25 @@ def layer_row(ref: LayerRef, opts: AnalyzeOptions, *, columns: tuple[str, ...] =
     if reason:
         row.update(status="skipped", reason=reason)
         return row, None
-    W = _to_numpy(ref.load())
-    problem = _weights_problem(W)
+    W, blocks = _load_matrix(ref, opts, device)
+    mats: list[np.ndarray] = []
+    if blocks is not None:
+        try:
+            spec, problem, scale = _blocked_spectrum(blocks, N, M, ref, opts)
+        finally:
+            blocks.close()
+    else:
+        assert W is not None
+        problem = _weights_problem(W)
+        if not problem:
+            mats, N, M, rf = matrices_of(W, ref.layer_type)
+            mats, scale = extras.prepared_matrices(mats, N, M, rf, ref.layer_type, opts)
+            spec = _spectrum(mats, N, scale, opts, device)
+        del W
     if problem:
         row.update(status="failed", reason=problem)
         return row, None
-    mats, N, M, rf = matrices_of(W, ref.layer_type)
-    mats, scale = extras.prepared_matrices(mats, N, M, rf, ref.layer_type, opts)
-    spec = _spectrum(mats, N, scale, opts, device)
+    assert spec is not None
     evals = extras.transformed_evals(spec.evals, opts)
     if evals is not spec.evals:
         spec = Spectrum(evals=evals, sv_max=spec.sv_max, sv_min=spec.sv_min,

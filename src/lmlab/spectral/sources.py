@@ -113,12 +113,19 @@ def _from_module(model: torch.nn.Module) -> Iterator[LayerRef]:
 class _TensorStore:
     """Name -> lazily loaded tensor, with shapes known up front."""
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], getter: Callable[[str], torch.Tensor]):
+    def __init__(self, shapes: dict[str, tuple[int, ...]], getter: Callable[[str], torch.Tensor],
+                 owner: Mapping[str, Path] | None = None):
         self.shapes = shapes
         self._get = getter
+        self._owner = owner
 
     def get(self, key: str) -> torch.Tensor:
         return self._get(key)
+
+    def location(self, key: str) -> Path | None:
+        """The safetensors file that holds ``key`` (None for other stores): read block by
+        block, or by a worker process (:func:`lmlab.spectral.blocks.location_of`)."""
+        return None if self._owner is None else self._owner.get(key)
 
 
 
@@ -158,7 +165,7 @@ def _safetensors_store(files: list[Path]) -> _TensorStore:
                     f"the tensor {k!r} is in both {owner[k]} and {f}; keep one copy, or add "
                     f"a {_SAFETENSORS_INDEX} that says which file holds each tensor")
             shapes[k], owner[k] = shape, f
-    return _TensorStore(shapes, _safetensors_reader(owner))
+    return _TensorStore(shapes, _safetensors_reader(owner), owner)
 
 
 def _read_index(index: Path) -> dict[str, str]:
@@ -214,7 +221,7 @@ def _indexed_store(directory: Path, index: Path) -> _TensorStore:
         for k, shape in held.items():  # the shard's own order, as without an index
             if weight_map.get(k) == shard:
                 shapes[k], owner[k] = shape, f
-    return _TensorStore(shapes, _safetensors_reader(owner))
+    return _TensorStore(shapes, _safetensors_reader(owner), owner)
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
@@ -404,7 +411,10 @@ def iter_layers(source: Any) -> Iterator[LayerRef]:
 
     Args:
         source: a ``torch.nn.Module``, a state dict (name -> tensor), or a path to a
-            ``.safetensors``/``.pt``/``.bin`` file or a model directory.
+            ``.safetensors``/``.pt``/``.bin`` file or a model directory. A LoRA adapter
+            (directory with ``adapter_config.json``) yields one ΔW = s·B·A per adapted layer
+            (:mod:`lmlab.spectral.adapters`); an object with an ``lmlab_layers()`` method
+            (:func:`~lmlab.spectral.adapters.merge_adapter`) yields its layers.
 
     Raises:
         LmlabError: for a missing path; an unreadable, empty or corrupt file; a FIFO or device
@@ -419,7 +429,15 @@ def iter_layers(source: Any) -> Iterator[LayerRef]:
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
         yield from _from_store_by_name(_TensorStore(shapes, sd.__getitem__))
         return
+    if callable(getattr(source, "lmlab_layers", None)):  # e.g. adapters.MergedAdapter
+        yield from source.lmlab_layers()
+        return
     if isinstance(source, str | Path):
+        from lmlab.spectral.adapters import adapter_layers, is_adapter
+
+        if is_adapter(source):  # a LoRA adapter: one ΔW = s·B·A per adapted layer
+            yield from adapter_layers(source)
+            return
         store, config_dir = _open_store(Path(source).expanduser())
         skeleton = _skeleton(config_dir) if config_dir is not None else None
         if skeleton is not None:
@@ -443,8 +461,16 @@ def check_weights(source: Any) -> None:
 
     >>> check_weights(torch.nn.Linear(2, 2))
     """
+    from lmlab.spectral.adapters import is_adapter, read_adapter
+
     if isinstance(source, str | Path):
+        if is_adapter(source):
+            read_adapter(source)
+            return
         _open_store(Path(source).expanduser())
+    elif callable(getattr(source, "lmlab_layers", None)):  # a merged adapter: both parts
+        check_weights(getattr(source, "base", None))
+        read_adapter(source.adapter)
 
 
 def describe_source(source: Any) -> str:
