@@ -108,6 +108,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
              "train.lr=0.001", "device=cpu"]
     return {
         "spectral": [f"model={lm}"],
+        "spectral-compare": [f"model_a={lm}", f"model_b={lm}"],
         "finetune-spectral": [f"model={lm}", "data.source=stdlib-docstrings",
                               "data.n_samples=40", "data.max_length=64",
                               "train.warmup_steps=1", "train.lr=0.001", "spectral.track_every=2",

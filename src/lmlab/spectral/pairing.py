@@ -75,6 +75,12 @@ def delta_layers(refs: Iterable[LayerRef], base: Iterable[LayerRef]
     Raises:
         LmlabError: when the base model has none of the layers, or a shape differs.
     """
+    from lmlab.spectral.adapters import LoraDelta, merged_layers
+
+    refs = list(refs)
+    if refs and all(isinstance(r.load, LoraDelta) for r in refs):
+        # a LoRA adapter is already W − W_base: against its base, analyse W_base + s·B·A
+        return merged_layers(refs, base), {}
     out: list[LayerRef] = []
     missing: dict[int, str] = {}
     pairs = pair_layers(refs, base)
