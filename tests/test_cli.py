@@ -71,6 +71,8 @@ def test_report_rerenders(tmp_path: Path, capsys) -> None:
         (["spectral", "/no/such/model.safetensors"], "no such file"),
         (["spectral", "no-such-model-anywhere"], "available offline: all-minilm-l6-v2"),
         (["spectral", "x", "--format", "xlsx"], "invalid choice"),
+        (["spectral", "compare", "/no/such/a", "/no/such/b"], "no such file"),
+        (["spectral", "compare", "/no/such/a"], "takes two models"),
         (["report", "/no/such/run"], "run"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -5,6 +5,7 @@
     lmlab run <study> [--preset quick|paper] [--config FILE] [--set key=value ...] [--out DIR]
                       [--device D] [--resume [RUN_DIR]]
     lmlab spectral <model-or-path> [--out DIR] [--format csv|json|parquet] [...]
+    lmlab spectral compare <A> <B> [--out DIR] [--layers ...] [...]
     lmlab report <run-dir>
 
 A user mistake (bad path, unknown key, corrupt file) prints one line ``lmlab: error: ...`` and
@@ -70,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("spectral", help="analyse the weight spectra of a model or checkpoint")
     s.add_argument("model", help="offline model name (all-minilm-l6-v2), model directory, "
-                                 ".safetensors/.pt file, or hub id")
+                                 ".safetensors/.pt file, hub id, or a folder of checkpoints "
+                                 "(step_N/, checkpoint-N/, ckpt_N.pt: one row per layer per "
+                                 "step)")
+    s.add_argument("compare_models", nargs="*", default=[], metavar="B",
+                   help="'lmlab spectral compare A B': compare two models, fine-tunes or LoRA "
+                        "adapters layer by layer (Δα; a run of the spectral-compare study)")
     s.add_argument("--out", default="runs", help="runs directory (default: ./runs)")
     s.add_argument("--format", dest="table_format", default="csv",
                    choices=["csv", "json", "parquet"], help="format of the per-layer table")
@@ -87,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip matrices with a side above this (default 50000); 'none' lifts it")
     s.add_argument("--threads", type=int, default=None, help="BLAS/torch threads")
     s.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    s.add_argument("--workers", type=int, default=None,
+                   help="a folder of checkpoints: checkpoints analysed at once (default: one "
+                        "per core); one model: matrices analysed at once, one process each "
+                        "(default: every core for a large safetensors model, else 1)")
+    s.add_argument("--backend", choices=["process", "inprocess", "ray"], default=None,
+                   help="a folder of checkpoints: where they run (default: process pool)")
+    s.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the newest run of this folder under --out (or RUN_DIR), "
+                        "analysing only the checkpoints not done yet (new ones included)")
 
     rep = sub.add_parser("report", help="draw a finished run's figures and report again from "
                                         "its saved result (no model, no training)")
@@ -178,7 +193,42 @@ def _spectral_overrides(args: argparse.Namespace) -> list[str]:
         sets.append("esd_layers=" + ",".join(args.esd_layers))
     if args.threads is not None:
         sets.append(f"threads={args.threads}")
+    if args.workers is not None:
+        sets.append(f"sweep.workers={args.workers}")
+    if args.backend is not None:
+        sets.append(f"sweep.backend={args.backend}")
     return sets
+
+
+def _cmd_spectral_compare(args: argparse.Namespace) -> int:
+    """``lmlab spectral compare A B``: a run of the spectral-compare study."""
+    from pathlib import Path
+
+    from lmlab.studies.runner import run_study
+
+    if len(args.compare_models) != 2:
+        raise LmlabError("'lmlab spectral compare' takes two models: lmlab spectral compare A "
+                         f"B (got {len(args.compare_models)})")
+    for flag in ("esd_layers", "workers", "backend", "resume"):
+        if getattr(args, flag, None):
+            raise LmlabError(f"--{flag.replace('_', '-')} does not apply to 'lmlab spectral "
+                             "compare'")
+    a, b = args.compare_models
+    sets = [f"model_a={a}", f"model_b={b}", f"method={args.method}",
+            f"fit_mode={args.fit_mode}", f"table_format={args.table_format}",
+            f"max_n={args.max_n}"]
+    if args.fast:
+        sets.append("precision=float32")
+    if args.layers:
+        sets.append("layers=" + ",".join(args.layers))
+    if args.threads is not None:
+        sets.append(f"threads={args.threads}")
+    label = "-vs-".join(Path(m.rstrip("/")).name or "model" for m in (a, b))
+    run_dir = run_study("spectral-compare", preset="quick", overrides=sets, out=args.out,
+                        device=args.device, name=label)
+    _print_summary(run_dir)
+    print(run_dir.path)
+    return 0
 
 
 def _cmd_spectral(args: argparse.Namespace) -> int:
@@ -186,9 +236,20 @@ def _cmd_spectral(args: argparse.Namespace) -> int:
 
     from lmlab.studies.runner import run_study
 
+    if args.compare_models:  # 'compare A B'; a path named 'compare' alone is still a model
+        if args.model != "compare":
+            raise LmlabError(f"'lmlab spectral' takes one model (got {args.model!r} and "
+                             f"{' '.join(args.compare_models)}); to compare two, use 'lmlab "
+                             "spectral compare A B'")
+        return _cmd_spectral_compare(args)
+
     label = Path(args.model.rstrip("/")).name or "model"
+    if args.resume:
+        from lmlab.studies._spectral_series import reopen_if_grown
+
+        reopen_if_grown(args.resume, args.out, label)
     run_dir = run_study("spectral", preset="quick", overrides=_spectral_overrides(args),
-                        out=args.out, device=args.device, name=label)
+                        out=args.out, device=args.device, name=label, resume=args.resume)
     _print_summary(run_dir)
     print(run_dir.path)
     return 0

@@ -9,6 +9,7 @@
 32
 """
 
+from lmlab.spectral.adapters import merge_adapter, read_adapter
 from lmlab.spectral.analyze import (
     LMLAB_COLUMNS,
     WW_COLUMNS,
@@ -37,5 +38,5 @@ __all__ = [
     "mp_edges", "mp_pdf", "mp_split", "MPSplit",
     "LayerRef", "iter_layers", "SpectralTracker", "WeightWatcher", "AnalyzeOptions",
     "distances", "ModelDistances", "svd_smoothing", "svd_sharpness", "svd_smoothing_files",
-    "svd_sharpness_files",
+    "svd_sharpness_files", "merge_adapter", "read_adapter",
 ]
