@@ -37,10 +37,11 @@ if TYPE_CHECKING:
     from lmlab.spectral.blocks import MatrixBlocks
 
 __all__ = ["Spectrum", "matrices_of", "spectrum_of", "gram_of_blocks", "spectrum_of_gram",
-           "Method", "Precision"]
+           "Method", "Precision", "GramCheck", "gram_check", "smallest_singular_value"]
 
 Method = Literal["eigh", "svd"]
 Precision = Literal["float64", "float32"]
+GramCheck = Literal["sqrt", "refine", "svd"]
 
 # In multiples of eps·λmax (the Gram route's noise on an eigenvalue): below _RANK_SAFE a
 # smallest eigenvalue may hide a rank loss (use the SVD); below _SVMIN_SAFE its square root
@@ -48,6 +49,28 @@ Precision = Literal["float64", "float32"]
 _RANK_SAFE = 1e3
 _SVMIN_SAFE = 1e6
 _POWER_STEPS = 100
+
+
+def gram_check(ev_min: float, ev_max: float, precision: Precision = "float64") -> GramCheck:
+    """What a Gram route does with its eigenvalues (the NumPy and torch routes both ask here).
+
+    In float64 the Gram route resolves eigenvalues only to ~eps·λmax. A smallest one near
+    that noise could hide a rank loss: ``"svd"`` (take the singular values of W itself). One
+    well above the noise but small enough that its square root loses digits of σmin:
+    ``"refine"`` (σmin alone, through the inverse). Otherwise — and always in the float32
+    fast mode, which trades small-eigenvalue accuracy — ``"sqrt"``.
+
+    >>> gram_check(1.0, 4.0), gram_check(1e-12, 4.0), gram_check(1e-20, 4.0)
+    ('sqrt', 'refine', 'svd')
+    >>> gram_check(1e-20, 4.0, "float32")
+    'sqrt'
+    """
+    if precision != "float64":
+        return "sqrt"
+    noise = np.finfo(np.float64).eps * max(float(ev_max), 0.0)
+    if ev_min <= _RANK_SAFE * noise:
+        return "svd"
+    return "refine" if ev_min <= _SVMIN_SAFE * noise else "sqrt"
 
 
 @dataclass(frozen=True)
@@ -102,11 +125,14 @@ def matrices_of(
     return mats, int(N), int(M), int(rf)
 
 
-def _smallest_singular_value(W: np.ndarray) -> float | None:
+def smallest_singular_value(W: np.ndarray) -> float | None:
     """σmin of a tall or square float64 W as 1/σmax(W⁻¹) (None if it does not settle).
 
     Accurate to about eps·κ relatively — like an SVD — where the Gram route is accurate only
     to about eps·κ². Costs an inverse (of R from a QR when W is tall) and a few power steps.
+
+    >>> print(f"{smallest_singular_value(np.diag([3.0, 2.0, 0.5])):.6f}")
+    0.500000
     """
     N, M = W.shape
     A = W if N == M else np.linalg.qr(W, mode="r")  # RᵀR = WᵀW
@@ -142,17 +168,12 @@ def _singular_values(W: np.ndarray, method: Method) -> np.ndarray:
     if np.iscomplexobj(small):  # Hermitian Gram matrix WᴴW: real eigenvalues ≥ 0
         return _complex_singular_values(small)
     ev = np.linalg.eigvalsh(small.T @ small)  # (M,) ascending; the product runs as a syrk
-    if ev.dtype != np.float64:  # the float32 fast mode trades small-eigenvalue accuracy
-        return np.sqrt(np.clip(ev, 0.0, None))
-    # In float64 the Gram route resolves eigenvalues only to ~eps·λmax. A smallest one near
-    # that noise could hide a rank loss: take the SVD. A smallest one well above the noise
-    # but small enough that sqrt loses digits of σmin: refine σmin alone.
-    noise = np.finfo(np.float64).eps * max(float(ev[-1]), 0.0)
-    if ev[0] <= _RANK_SAFE * noise:
+    check = gram_check(ev[0], ev[-1], "float64" if ev.dtype == np.float64 else "float32")
+    if check == "svd":
         return _singular_values(W, "svd")
-    sv = np.sqrt(ev)
-    if ev[0] <= _SVMIN_SAFE * noise:
-        refined = _smallest_singular_value(small)
+    sv = np.sqrt(np.clip(ev, 0.0, None))
+    if check == "refine":
+        refined = smallest_singular_value(small)
         if refined is None:
             return _singular_values(W, "svd")
         sv[0] = refined
@@ -166,8 +187,7 @@ def _complex_singular_values(small: np.ndarray) -> np.ndarray:
     is clipped); a smallest one near the numerical floor takes the SVD, as for real W.
     """
     ev = np.linalg.eigvalsh(small.conj().T @ small)  # (M,) real, ascending
-    noise = np.finfo(ev.dtype).eps * max(float(ev[-1]), 0.0)
-    if ev.dtype == np.float64 and ev[0] <= _SVMIN_SAFE * noise:
+    if gram_check(ev[0], ev[-1], "float64" if ev.dtype == np.float64 else "float32") != "sqrt":
         return np.sort(np.linalg.svd(small, compute_uv=False))
     return np.sqrt(np.clip(ev, 0.0, None))
 
@@ -245,21 +265,18 @@ def spectrum_of_gram(gram: np.ndarray, blocks: MatrixBlocks, *, N: int | None = 
     """
     N = blocks.N if N is None else N
     ev = np.linalg.eigvalsh(gram)
-    if ev.dtype != np.float64:
-        sv = np.sqrt(np.clip(ev, 0.0, None))
+    check = gram_check(ev[0], ev[-1], "float64" if ev.dtype == np.float64 else "float32")
+    if check == "svd":
+        sv = np.sort(np.linalg.svd(_blocked_r(blocks, scale), compute_uv=False))
     else:
-        noise = np.finfo(np.float64).eps * max(float(ev[-1]), 0.0)
-        if ev[0] <= _RANK_SAFE * noise:
-            sv = np.sort(np.linalg.svd(_blocked_r(blocks, scale), compute_uv=False))
-        else:
-            sv = np.sqrt(ev)
-            if ev[0] <= _SVMIN_SAFE * noise:
-                R = _blocked_r(blocks, scale)
-                refined = _smallest_singular_value(R)
-                if refined is None:
-                    sv = np.sort(np.linalg.svd(R, compute_uv=False))
-                else:
-                    sv[0] = refined
+        sv = np.sqrt(np.clip(ev, 0.0, None))
+        if check == "refine":
+            R = _blocked_r(blocks, scale)
+            refined = smallest_singular_value(R)
+            if refined is None:
+                sv = np.sort(np.linalg.svd(R, compute_uv=False))
+            else:
+                sv[0] = refined
     sv = sv.astype(np.float64)
     return Spectrum(evals=np.sort(sv * sv), sv_max=float(np.max(sv)), sv_min=float(np.min(sv)),
                     rank_loss=_rank_loss(sv, N))

@@ -1,10 +1,22 @@
-"""The torch route to eigenvalues, for GPUs (and CPUs without a fast LAPACK).
+"""The torch route to eigenvalues, for GPUs: the NumPy route's numbers, computed on ``device``.
 
-Same contract as :func:`lmlab.spectral.esd.spectrum_of`: eigenvalues of the Gram matrix of the
-smaller side, computed with ``torch.linalg.eigvalsh`` on ``device``; a matrix whose smallest
-eigenvalue sits at the numerical floor falls back to ``torch.linalg.svdvals`` (tall side).
-Several matrices of one shape (conv2d slices) are decomposed as one batch. Complex weights go
-through the Hermitian Gram matrix WᴴW (real eigenvalues ≥ 0), as in the NumPy route.
+Same contract and the same choices as :func:`lmlab.spectral.esd.spectrum_of`:
+
+* ``method="eigh"``: ``torch.linalg.eigvalsh`` of the Gram matrix of the smaller side, then
+  :func:`~lmlab.spectral.esd.gram_check` — the one rule both routes follow — decides per
+  matrix: a smallest eigenvalue at the numerical floor takes ``torch.linalg.svdvals`` of W
+  itself, one near it a refined σmin (:func:`~lmlab.spectral.esd.smallest_singular_value`;
+  on a GPU R of a QR taken on the device, M×M, is the only thing that goes to the host);
+* ``method="svd"``: ``torch.linalg.svdvals`` of W;
+* ``precision="float64"`` (default): the NumPy route's eigenvalues to rounding (~1e-12
+  relative for the largest, the same α, xmin and σmin); ``"float32"``: the fast mode (on
+  consumer GPUs float64 runs at 1/64 of the float32 rate), eigenvalues to ~1e-5 relative for
+  the largest and no checks on the smallest.
+
+Weights go through float32 first (bf16/fp16 weights are widened exactly), as in the NumPy
+route. Several matrices of one shape (conv2d slices) are decomposed as one batch. Complex
+weights go through the Hermitian Gram matrix WᴴW (real eigenvalues ≥ 0); one whose smallest
+eigenvalue is not safely above the floor takes the SVD, as in the NumPy route.
 
 >>> import numpy as np, torch
 >>> spectrum_of_torch([np.diag([2.0, 1.0])], device=torch.device("cpu")).evals
@@ -14,55 +26,103 @@ array([1., 4.])
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from lmlab.spectral.esd import Precision, Spectrum
+from lmlab.spectral.esd import (
+    Method,
+    Precision,
+    Spectrum,
+    _rank_loss,
+    gram_check,
+    smallest_singular_value,
+)
 
 __all__ = ["spectrum_of_torch"]
 
-_GRAM_FLOOR = 1e3
+
+def _as_tensor(m: Any, complex_: bool) -> torch.Tensor:
+    """One matrix as a float32 (complex64) CPU or device tensor, never dropping an imaginary
+    part."""
+    if isinstance(m, torch.Tensor):
+        return m.detach().to(torch.complex64 if complex_ else torch.float32)
+    return torch.as_tensor(np.asarray(m, dtype=np.complex64 if complex_ else np.float32))
+
+
+def _is_complex(m: Any) -> bool:
+    return m.is_complex() if isinstance(m, torch.Tensor) else bool(np.iscomplexobj(m))
+
+
+def _svdvals(W: torch.Tensor) -> np.ndarray:
+    """Singular values of one matrix (or a batch), ascending, float64 on the host."""
+    return torch.linalg.svdvals(W).flip(-1).to("cpu", torch.float64).numpy()
+
+
+def _refined_sv_min(W: torch.Tensor) -> float | None:
+    """σmin of one tall matrix by the NumPy route's refinement. On the CPU NumPy takes the QR
+    itself (the NumPy route's exact numbers); elsewhere R (M×M) of a QR on the device does."""
+    N, M = W.shape
+    A = W if N == M or W.device.type == "cpu" else torch.linalg.qr(W, mode="r").R
+    return smallest_singular_value(A.to("cpu").numpy())
 
 
 def spectrum_of_torch(
-    matrices: Sequence[np.ndarray],
+    matrices: Sequence[Any],
     *,
     N: int | None = None,
     scale: float = 1.0,
+    method: Method = "eigh",
     precision: Precision = "float64",
     device: torch.device | None = None,
 ) -> Spectrum:
-    """Pooled eigenvalues of WᵀW over ``matrices``, computed with torch on ``device``."""
+    """Pooled eigenvalues of WᵀW over ``matrices``, computed with torch on ``device``.
+
+    Args:
+        matrices: the layer's matrices (NumPy arrays or tensors, any float dtype), each
+            (N, M) or (M, N), all of one shape.
+        N: the larger dimension, used by the rank tolerance (default: from the matrices).
+        scale: multiply W by this before the decomposition (conv2d: √(1/2)).
+        method: ``"eigh"`` (Gram matrix) or ``"svd"``, as in the NumPy route.
+        precision: ``"float64"`` (the NumPy route's numbers) or ``"float32"`` (fast mode).
+        device: where to compute (default CPU).
+
+    Returns:
+        The pooled :class:`~lmlab.spectral.esd.Spectrum`.
+    """
     dtype = torch.float64 if precision == "float64" else torch.float32
     device = device or torch.device("cpu")
-    stored: type[np.generic]
-    if any(np.iscomplexobj(m) for m in matrices):  # kept complex: the Gram matrix is WᴴW
-        stored = np.complex64
-        wide = torch.complex128 if dtype == torch.float64 else torch.complex64
-    else:
-        stored, wide = np.float32, dtype
-    W = torch.stack([torch.as_tensor(np.asarray(m, dtype=stored)) for m in matrices])
-    W = W.to(device=device, dtype=wide)  # (B, n, m)
+    complex_ = any(_is_complex(m) for m in matrices)
+    wide = (torch.complex128 if dtype == torch.float64 else torch.complex64) if complex_ else dtype
+    W = torch.stack([_as_tensor(m, complex_).to(device) for m in matrices]).to(wide)  # (B, n, m)
     if W.shape[1] < W.shape[2]:
         W = W.transpose(1, 2)  # (B, N, M): tall
     if N is None:
         N = int(W.shape[1])
     if scale != 1.0:
         W = W * scale
-    gram = W.mH @ W if W.is_complex() else W.transpose(1, 2) @ W  # (B, M, M), Hermitian
-    ev = torch.linalg.eigvalsh(gram)  # (B, M) real, ascending
-    floor = _GRAM_FLOOR * torch.finfo(dtype).eps * W.shape[2] * ev[:, -1].clamp(min=0)
-    if bool((ev[:, 0] <= floor).any()):
-        sv = torch.linalg.svdvals(W).flip(-1)
+    if method == "svd":
+        sv = _svdvals(W)  # (B, M)
     else:
-        sv = ev.sqrt()
-    sv64 = sv.to("cpu", torch.float64).numpy()  # (B, M)
-    tol = sv64.max(axis=1, keepdims=True) * N * np.finfo(np.float64).eps
-    rank_loss = int(np.sum(sv64.shape[1] - np.count_nonzero(sv64 > tol, axis=1)))
+        gram = W.mH @ W if complex_ else W.transpose(1, 2) @ W  # (B, M, M), Hermitian
+        ev = torch.linalg.eigvalsh(gram)  # (B, M) real, ascending
+        del gram
+        ends = ev[:, [0, -1]].to("cpu", torch.float64).numpy()  # (B, 2): one sync
+        sv = ev.clamp(min=0).sqrt().to("cpu", torch.float64).numpy().copy()
+        for i, (lo, hi) in enumerate(ends):
+            check = gram_check(float(lo), float(hi), precision)
+            if check == "svd" or (complex_ and check == "refine"):
+                sv[i] = _svdvals(W[i])
+            elif check == "refine":
+                refined = _refined_sv_min(W[i])
+                if refined is None:
+                    sv[i] = _svdvals(W[i])
+                else:
+                    sv[i, 0] = refined
     return Spectrum(
-        evals=np.sort((sv64 * sv64).ravel()),
-        sv_max=float(sv64.max()),
-        sv_min=float(sv64.min(axis=1).max()),
-        rank_loss=rank_loss,
+        evals=np.sort((sv * sv).ravel()),
+        sv_max=float(sv.max()),
+        sv_min=float(sv.min(axis=1).max()),
+        rank_loss=sum(_rank_loss(row, N) for row in sv),
     )

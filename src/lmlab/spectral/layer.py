@@ -136,23 +136,34 @@ def _weights_problem(W: np.ndarray) -> str:
     return ""
 
 
+#: Compute on the torch route even when the device is the CPU (``analyze(device="cpu")``);
+#: the parity tests set it to compare the two routes on one machine.
+_TORCH_ON_CPU = False
+
+
+def _torch_route(device: Any) -> bool:
+    """Whether spectra are computed with torch: on any device but the CPU (NumPy there)."""
+    if device is None:
+        return False
+    return getattr(device, "type", "cpu") != "cpu" or _TORCH_ON_CPU
+
+
 def _spectrum(mats: list[np.ndarray], N: int, scale: float, opts: AnalyzeOptions,
               device: Any) -> Spectrum:
-    if device is not None and getattr(device, "type", "cpu") != "cpu":
-        from lmlab.spectral.esd_torch import spectrum_of_torch
-
-        return spectrum_of_torch(mats, N=N, scale=scale, precision=opts.precision,
-                                 device=device)
     # the inverse ESD needs the smallest eigenvalues to full relative accuracy: the SVD route
     method = "svd" if opts.inverse else opts.method
+    if _torch_route(device):
+        from lmlab.spectral.esd_torch import spectrum_of_torch
+
+        return spectrum_of_torch(mats, N=N, scale=scale, method=method,
+                                 precision=opts.precision, device=device)
     return spectrum_of(mats, N=N, scale=scale, method=method, precision=opts.precision)
 
 
 def _streamable(ref: LayerRef, opts: AnalyzeOptions, device: Any) -> bool:
     """Whether the layer takes the blocked route: a 2-D matrix on the CPU eigh route, with no
     option that needs the matrix itself (``randomize``, ``vectors``, ``inverse``'s SVD)."""
-    on_cpu = device is None or getattr(device, "type", "cpu") == "cpu"
-    return (on_cpu and ref.layer_type != "conv2d" and len(ref.shape) == 2
+    return (not _torch_route(device) and ref.layer_type != "conv2d" and len(ref.shape) == 2
             and opts.method == "eigh" and not (opts.inverse or opts.randomize or opts.vectors))
 
 

@@ -5,6 +5,10 @@ At chosen steps the tracker analyses the model in memory and records one row per
 in its own table and, when given a sink (a :class:`~lmlab.runs.RunDir` or any callable taking a
 list of dicts), in the run's metrics table with ``kind = "spectral"``.
 
+The spectra are computed where the model trains: a model on a GPU takes the torch route on
+its device (the NumPy route's numbers in float64; ``precision="float32"`` for cheap
+tracking), a model on the CPU the NumPy route, unless ``device=`` is given.
+
 >>> import torch
 >>> from lmlab.train import TrainState
 >>> model = torch.nn.Sequential(torch.nn.Linear(32, 64))
@@ -40,7 +44,7 @@ class SpectralTracker(Callback):
         sink: where rows go besides the tracker's own table: a run directory (its
             ``log_metrics``) or a callable taking a list of row dicts.
         **analyze_kwargs: passed to :func:`lmlab.spectral.analyze` (e.g. ``layers``,
-            ``precision="float32"`` for cheap tracking).
+            ``precision="float32"`` for cheap tracking; ``device``, default the model's).
     """
 
     def __init__(
@@ -71,7 +75,10 @@ class SpectralTracker(Callback):
 
     def record(self, step: int, model: Any) -> pd.DataFrame:
         """Analyse ``model`` now and record its rows under ``step`` (once per step)."""
-        df = analyze(model, **self._kwargs)
+        kwargs = self._kwargs
+        if "device" not in kwargs:
+            kwargs = {**kwargs, "device": _device_of(model)}
+        df = analyze(model, **kwargs)
         if step in self._done:
             return df
         self._done.add(step)
@@ -123,6 +130,18 @@ class SpectralTracker(Callback):
     def frame(self) -> pd.DataFrame:
         """All recorded rows: one per (step, layer)."""
         return pd.DataFrame(self._rows, columns=["kind", "step", *TRACKED_COLUMNS])
+
+
+def _device_of(model: Any) -> Any:
+    """The device of a model's first parameter when it is not the CPU (None otherwise: the
+    NumPy route)."""
+    parameters = getattr(model, "parameters", None)
+    if parameters is None:
+        return None
+    first = next(iter(parameters()), None)
+    if first is None or first.device.type == "cpu":
+        return None
+    return first.device
 
 
 def _plain(row: Mapping[str, Any]) -> dict[str, Any]:

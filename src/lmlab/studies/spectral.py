@@ -255,7 +255,8 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     """Analyse ``cfg.model`` and write table, summary, figures and report into ``run_dir``."""
     from lmlab.models.hf import resolve_weights
     from lmlab.runtime import resolve_device
-    from lmlab.spectral import analyze, layer_spectra, summarize
+    from lmlab.spectral import summarize
+    from lmlab.spectral.analyze import analyze_with_spectra
     from lmlab.studies._spectral_series import read_as, run_series
     from lmlab.studies.pattern import publish
 
@@ -274,7 +275,8 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
                                     None if device.type == "cpu" else str(device), options)
         _log_rows(run_dir, table, cfg.table_format)
         return Result(cfg, table, summary)
-    df = analyze(
+    # the figures' eigenvalues come from this same pass (same device, same route as the table)
+    df, all_esds = analyze_with_spectra(
         weights, layers=list(cfg.layers) or None, base_model=base, threads=cfg.threads,
         device=device if device.type != "cpu" else None, options=options,
         workers=cfg.sweep.workers,  # one model: matrices at once (None: automatic)
@@ -291,7 +293,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
                "seconds": round(seconds, 3)}
     _log_rows(run_dir, df, cfg.table_format)
     chosen = _pick_esd_layers(df, cfg.esd_layers)
-    esds = layer_spectra(weights, chosen, base_model=base, options=options) if chosen else {}
+    esds = {k: all_esds[k] for k in chosen if k in all_esds}
     result = Result(cfg, df, summary, {str(k): np.asarray(v) for k, v in esds.items()})
     if _corrupt_rows(df):  # keep what was computed, then say the model is corrupt
         publish(run_dir, sys.modules[__name__], result)
