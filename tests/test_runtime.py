@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
 import sys
 from pathlib import Path
@@ -50,10 +52,67 @@ def test_resolve_device_auto_and_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_resolve_device_prefers_cuda_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # restored after the test
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # a CPU run leaves cuBLAS alone
     assert resolve_device("auto") == torch.device("cuda")
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # before CUDA's first product
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
     assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's setting is kept
     with pytest.raises(LmlabError, match="only 2 GPU"):
         resolve_device("cuda:2")
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithDevice:
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoDevice:
+    seed: int = 0
+
+
+def test_the_run_records_the_device_it_computes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmlab.studies.runner import _resolved, _run_device, _start_meta
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dev = _run_device(_WithDevice())
+    assert dev == torch.device("cpu") and _resolved(_WithDevice(), dev).device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Fake GPU")
+    dev = _run_device(_WithDevice())
+    assert _resolved(_WithDevice(), dev).device == "cuda"  # config.json: not "auto"
+    assert _resolved(_WithDevice("cpu"), torch.device("cpu")).device == "cpu"
+    meta = _start_meta("s", "quick", _WithDevice("cuda"), dev, {})
+    assert meta["device"] == "cuda" and meta["versions"]["cuda"] == "Fake GPU"
+    # a study without a device key computes on the CPU, on a GPU machine too
+    dev = _run_device(_NoDevice())
+    meta = _start_meta("s", "quick", _NoDevice(), dev, {})
+    assert meta["device"] == "cpu" and "cuda" not in meta["versions"]
+    assert _resolved(_NoDevice(), dev) == _NoDevice()
+
+
+def test_resume_on_another_device_type_is_refused_in_one_line(tmp_path: Path) -> None:
+    from lmlab.runs import RunDir
+    from lmlab.studies.runner import _check_device_type
+
+    run = RunDir.create(tmp_path, "s", "t")
+    with pytest.raises(LmlabError) as err:
+        _check_device_type(run, "cuda", "cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and "ran on cuda" in msg and "on cpu" in msg
+    assert msg.endswith("resume with --device cuda")
+    with pytest.raises(LmlabError, match="resume with --device cpu"):
+        _check_device_type(run, "cpu", "cuda:1")
+    _check_device_type(run, "cuda", "cuda:1")  # another GPU of the same type
+    _check_device_type(run, "cpu", "cpu")
+    _check_device_type(run, "auto", "cuda")  # a run directory of an older lmlab
 
 
 @pytest.mark.parametrize("request_", ["cuda", "cuda:0", "CUDA:3"])

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_ENV",
+    "CUBLAS_WORKSPACE",
     "MAX_SEED",
     "check_seed",
     "cache_dir",
@@ -45,6 +46,10 @@ __all__ = [
 MAX_SEED = 2**32 - 1
 """The largest seed NumPy (and so :func:`seed_everything`) accepts; the smallest is 0."""
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
+
+#: The ``CUBLAS_WORKSPACE_CONFIG`` under which cuBLAS's matrix products are reproducible
+#: (cuBLAS reads it once, when CUDA first multiplies: :func:`resolve_device` sets it when unset).
+CUBLAS_WORKSPACE = ":4096:8"
 
 #: The environment variable that moves lmlab's cache (models, data, theory, baselines).
 CACHE_ENV = "LMLAB_CACHE"
@@ -135,7 +140,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             ``"cuda:N"``.
 
     Returns:
-        The device to use.
+        The device to use. When it is a GPU, ``CUBLAS_WORKSPACE_CONFIG`` is set to
+        :data:`CUBLAS_WORKSPACE` unless the environment sets it (deterministic mode needs it
+        before CUDA's first matrix product).
 
     Raises:
         LmlabError: If CUDA is requested but unavailable, the GPU index does not exist, or the
@@ -150,7 +157,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         device = str(device)
     name = "auto" if device is None else str(device).strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     match = _CUDA_RE.fullmatch(name)
@@ -165,6 +172,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             f"CUDA device {index} was requested but only {count} GPU(s) are visible; "
             f"use cuda:0 to cuda:{count - 1}"
         )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     return torch.device(name)
 
 

@@ -148,7 +148,8 @@ def run_mlp(cfg: MLPConfig, variants: list[MLPVariant], seed: int, words: Words,
         return train_ensemble(ens, Xtr, Ytr, cfg.train, diag_fn=ens.diagnostics, progress=True,
                               desc=f"MLP ensemble ({len(names)} variants)")
 
-    res: StepResult = trained(run_dir, "mlp", *_ensemble_state(ens, device), train)
+    res: StepResult = trained(run_dir, "mlp", *_ensemble_state(ens, device), train,
+                              device=device)
     losses = {s: ens.loss(X, Y).tolist() for s, (X, Y) in splits.items()}
     h_end = ens.hidden(probe).cpu()
     rows = [{"model": f"mlp-{name}", "train": losses["train"][k], "dev": losses["dev"][k],
@@ -339,7 +340,7 @@ def run_wavenet(cfg: WaveNetConfig, seed: int, words: Words, device: torch.devic
     X, Y = splits["train"]
     res = trained(run_dir, "wavenet", *module_state(model), lambda: train_module(
         model, X, Y, cfg.train, name="wavenet", progress=True,
-        generator=torch.Generator().manual_seed(seed)))
+        generator=torch.Generator().manual_seed(seed)), device=device)
     row, curve = _finish(run_dir, "wavenet", model, splits, res,
                          {"config": dataclasses.asdict(cfg), "vocab": words.vocab.itos})
 
@@ -367,7 +368,7 @@ def run_transformer(cfg: TransformerConfig, seed: int, words: Words, device: tor
     X, Y = splits["train"]
     res = trained(run_dir, "transformer", *module_state(model), lambda: train_module(
         model, X, Y, cfg.train, loss_fn=sequence_loss, name="transformer", progress=True,
-        generator=torch.Generator().manual_seed(seed)))
+        generator=torch.Generator().manual_seed(seed)), device=device)
     row, curve = _finish(run_dir, "transformer", model, splits, res,
                          {"config": dataclasses.asdict(cfg), "block_size": longest + 1,
                           "vocab": words.vocab.itos})

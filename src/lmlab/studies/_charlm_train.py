@@ -73,7 +73,8 @@ def load_words(cfg: NamesData) -> Words:
 
 
 def trained(run_dir: RunDir, phase: str, get_state: Callable[[], Any],
-            set_state: Callable[[Any], None], train: Callable[[], Any]) -> Any:
+            set_state: Callable[[Any], None], train: Callable[[], Any],
+            device: torch.device | str | None = None) -> Any:
     """Train one phase, or take it back from ``checkpoints/trained-<phase>.pt``.
 
     The file (weights and the loop's result: every step's loss, the diagnostics, the timing)
@@ -88,25 +89,33 @@ def trained(run_dir: RunDir, phase: str, get_state: Callable[[], Any],
         get_state: the trained weights, to keep.
         set_state: puts kept weights back into the model.
         train: trains the model and returns the loop's result.
+        device: where the phase trains; its type is kept in the file, and a file of another
+            device type is refused (resume with the ``--device`` it was trained on).
 
     Returns:
         The loop's result, fresh or as it was kept.
+
+    Raises:
+        LmlabError: the file was written on another device type.
     """
     import dataclasses
 
+    from lmlab.train.checkpoint import to_cpu
+
+    kind = None if device is None else torch.device(device).type
     path = run_dir.checkpoints_dir / f"trained-{phase}.pt"
     if path.is_file():
-        kept = _kept(path, phase, get_state, set_state)
+        kept = _kept(path, phase, get_state, set_state, kind)
         if kept is not None:
             return kept
     result = train()
-    atomic_save_torch(path, {"phase": phase, "state": get_state(),
-                             "result": dataclasses.asdict(result)})
+    atomic_save_torch(path, to_cpu({"phase": phase, "state": get_state(),
+                                    "result": dataclasses.asdict(result), "device_type": kind}))
     return result
 
 
 def _kept(path: Path, phase: str, get_state: Callable[[], Any],
-          set_state: Callable[[Any], None]) -> Any | None:
+          set_state: Callable[[Any], None], kind: str | None = None) -> Any | None:
     """The loop's result kept in ``path``, its weights put back into the model; or None, after
     one stderr line that names the file and why it cannot be used (the phase trains again).
 
@@ -126,6 +135,10 @@ def _kept(path: Path, phase: str, get_state: Callable[[], Any],
     except LmlabError as e:
         print(f"lmlab: {e}", file=sys.stderr)
         return None
+    was = saved.get("device_type") if isinstance(saved, dict) else None
+    if kind is not None and was is not None and was != kind:
+        raise LmlabError(f"{path} was trained on {was} and this run is on {kind}; a run "
+                         f"resumes on the device type it started on: resume with --device {was}")
     try:
         if not (isinstance(saved, dict) and saved.get("phase") == phase):
             raise ValueError(f"it does not hold the {phase} phase")
@@ -163,8 +176,10 @@ def module_state(model: torch.nn.Module) -> tuple[Callable[[], Any], Callable[[A
 
 
 def save_weights(run_dir: RunDir, name: str, state: dict[str, Any]) -> None:
-    """Trained weights to ``checkpoints/<name>.pt`` (written atomically)."""
-    atomic_save_torch(run_dir.checkpoints_dir / f"{name}.pt", state)
+    """Trained weights to ``checkpoints/<name>.pt`` (written atomically, from the CPU)."""
+    from lmlab.train.checkpoint import to_cpu
+
+    atomic_save_torch(run_dir.checkpoints_dir / f"{name}.pt", to_cpu(state))
 
 
 def log_curves(run_dir: RunDir, model: str, names: list[str], losses: torch.Tensor,

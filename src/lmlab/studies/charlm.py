@@ -334,8 +334,9 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     ``mlp_diagnostics.csv``; the runner saves the ``Result``, the summary, figures and report.
     """
     from lmlab.runtime import limit_threads
+    from lmlab.train.core import deterministic
 
-    with limit_threads(cfg.threads):
+    with limit_threads(cfg.threads), deterministic():  # a resumed run ends with the same numbers
         return _run(cfg, run_dir)
 
 

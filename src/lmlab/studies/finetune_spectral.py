@@ -272,8 +272,8 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     from lmlab.train import evaluate_lm, setup, train
     from lmlab.train.checkpoint import checkpoint_step
 
-    ctx = setup()
     device = resolve_device(cfg.device)
+    ctx = setup(device)  # gloo for a CPU run even where there are GPUs
     train_texts, test_texts, source = _texts(cfg.data)
     model, tokenizer = load_causal_lm(cfg.model, device=device)
     if ctx.is_main:

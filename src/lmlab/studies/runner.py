@@ -110,11 +110,47 @@ def _check_resumable(run_dir: RunDir, study: str, cfg: Any) -> None:
     meta = run_dir.read_meta()
     if meta.get("study", study) != study:
         raise LmlabError(f"{run_dir.path} is a run of '{meta.get('study')}', not '{study}'")
-    diff = config_diff(run_dir.read_config(), config_to_dict(cfg))
+    saved = run_dir.read_config()
+    _check_device_type(run_dir, saved.get("device"), getattr(cfg, "device", None))
+    diff = config_diff(saved, config_to_dict(cfg), ignore=["device"])
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise LmlabError(f"cannot resume {run_dir.path}: its config differs ({shown}); use the "
                          "same --preset and --set as the first command, or drop --resume")
+
+
+def _check_device_type(run_dir: RunDir, was: Any, now: Any) -> None:
+    """A run resumes on the device type it started on (another GPU index is fine; a run
+    directory of an older lmlab that kept ``auto`` is not checked)."""
+    import torch
+
+    if was is None or now is None or str(was).lower() == "auto":
+        return
+    if torch.device(str(was).lower()).type != torch.device(str(now).lower()).type:
+        raise LmlabError(f"cannot resume {run_dir.path}: it ran on {was} and this run would be "
+                         f"on {now}; resume with --device {was}")
+
+
+def _resolved(cfg: Any, dev: Any) -> Any:
+    """``cfg`` with ``device: auto`` replaced by the device it resolved to, so that
+    ``config.json`` records where the run computes."""
+    import dataclasses
+
+    if not hasattr(cfg, "device") or str(cfg.device or "auto").strip().lower() != "auto":
+        return cfg
+    return dataclasses.replace(cfg, device=str(dev))
+
+
+def _run_device(cfg: Any) -> Any:
+    """Where the study computes: its resolved ``device`` key; the CPU for a study without
+    one."""
+    import torch
+
+    from lmlab.runtime import resolve_device
+
+    if not hasattr(cfg, "device"):
+        return torch.device("cpu")
+    return resolve_device(cfg.device)
 
 
 def _open_run_dir(study: str, module: Any, cfg: Any, resume: bool | str | Path,
@@ -266,14 +302,14 @@ def check_study(study: str, *, preset: str = "quick", overrides: Sequence[str] =
     100
     """
     from lmlab.runs.rundir import check_runs_root
-    from lmlab.runtime import check_seed, resolve_device
+    from lmlab.runtime import check_seed
 
     module = get_study(study)
     cfg = cfg if cfg is not None else build_config(study, preset, overrides, device,
                                                    config_file)
     if getattr(cfg, "seed", None) is not None:  # seeding happens after the directory exists
         check_seed(cfg.seed)
-    dev = resolve_device(getattr(cfg, "device", None))
+    dev = _run_device(cfg)
     if hasattr(module, "check"):  # inputs that cannot work fail before a run directory exists
         module.check(cfg)
     check_runs_root(out)
@@ -287,15 +323,19 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
               config_file: str | Path | None = None) -> RunDir:
     """Run ``study`` into a new run directory under ``out`` and return that directory.
 
-    The resolved config goes to ``config.json``; ``meta.json`` records the study, preset,
-    device, seed, library versions, start time, duration and final status (``finished``,
-    ``interrupted`` or ``failed``). The study's ``Result`` is saved under ``result/``, its
-    figures under ``figures/`` and its report as ``report.md`` and ``report.html``.
+    The resolved config goes to ``config.json`` (``device: auto`` as the device it resolved to;
+    a study without a ``device`` key computes on the CPU); ``meta.json`` records the study,
+    preset, that device, seed, library versions, start time, duration and final status
+    (``finished``, ``interrupted`` or ``failed``). The study's ``Result`` is saved under
+    ``result/``, its figures under ``figures/`` and its report as ``report.md`` and
+    ``report.html``.
 
     With ``resume`` (True: the newest run of this study with the same name under ``out``; or
     a run directory), an interrupted run continues in its own directory from its last
-    checkpoints; its config must equal ``cfg``. A finished run is returned as it is. Studies
-    that keep no checkpoints (``RESUMES = False``) start again in that directory.
+    checkpoints; its config must equal ``cfg``, on the same device type (a run that started on
+    a GPU resumes with ``--device cuda``, one on the CPU with ``--device cpu``). A finished run
+    is returned as it is. Studies that keep no checkpoints (``RESUMES = False``) start again
+    in that directory.
 
     The run directory is locked for the whole run (:meth:`lmlab.runs.RunDir.lock`): a second
     run or ``--resume`` of it, from any process, is refused while this one writes it. A run
@@ -309,6 +349,7 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     module = get_study(study)
     cfg, dev = check_study(study, preset=preset, overrides=overrides, out=out, device=device,
                            cfg=cfg, config_file=config_file)
+    cfg = _resolved(cfg, dev)
     run_dir, previous = _open_run_dir(study, module, cfg, resume, out, name or preset)
     try:  # the run directory stays locked until the run ends
         if previous is not None and previous.get("status") == "finished":

@@ -27,7 +27,7 @@ from lmlab.errors import LmlabError
 from lmlab.runs.io import atomic_save_torch
 
 __all__ = ["CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-           "checkpoint_step", "read_torch"]
+           "checkpoint_step", "read_torch", "to_cpu"]
 
 CHECKPOINT_NAME = "last.pt"
 """The file name of a run's checkpoint in its checkpoint directory."""
@@ -37,12 +37,35 @@ CHECKPOINT_HINT = ("make room on that disk (or make the directory writable), the
 """What to do when a checkpoint cannot be written."""
 
 
+def to_cpu(state: Any) -> Any:
+    """``state`` with every tensor in it (in dicts, lists and tuples, at any depth) on the CPU.
+
+    A checkpoint written from a GPU run then loads on any machine; loading puts the tensors on
+    the run's device (``load_state_dict`` copies into the model's parameters, and an optimiser
+    moves its state to its parameters' device). Tensors already on the CPU are not copied.
+
+    >>> moved = to_cpu({"w": torch.ones(2), "n": [torch.zeros(1), 3], "s": "x"})
+    >>> moved["w"].device.type, moved["n"][0].device.type, moved["n"][1], moved["s"]
+    ('cpu', 'cpu', 3, 'x')
+    """
+    if isinstance(state, torch.Tensor):
+        return state.detach() if state.device.type == "cpu" else state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [to_cpu(v) for v in state]
+    if isinstance(state, tuple):
+        return tuple(to_cpu(v) for v in state)
+    return state
+
+
 def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any],
                     name: str = CHECKPOINT_NAME) -> Path:
     """Write ``state`` to ``<directory>/<name>`` atomically and return the path.
 
     The disk must have room for the whole file before it is written (its size is that of the
     tensors in ``state``); the previous checkpoint stays intact until the new one is complete.
+    Tensors are written from the CPU (:func:`to_cpu`), wherever the run keeps them.
 
     Args:
         directory: The checkpoint directory (created if missing).
@@ -53,7 +76,7 @@ def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any],
         LmlabError: The disk is full (or fills up), or the directory cannot be written; the
             message names the file and says how to continue.
     """
-    return atomic_save_torch(Path(directory) / name, state, hint=CHECKPOINT_HINT)
+    return atomic_save_torch(Path(directory) / name, to_cpu(state), hint=CHECKPOINT_HINT)
 
 
 def latest_checkpoint(directory: str | os.PathLike[str],

@@ -7,9 +7,12 @@ evaluates); this module does the rest the same way for all of them:
 * :class:`TrainParts` turns the model, optimiser, scheduler, random states and the loop's
   counters into one dict of tensors and plain values, the content of a checkpoint, and puts a
   saved dict back (:func:`resume_from` does both halves of a restart from a file);
-* :func:`rng_state` / :func:`restore_rng` capture and restore torch's (CPU and CUDA), NumPy's
-  global and Python's ``random`` states, and the loop's own generators, as tensors and plain
-  values, so checkpoints load with ``torch.load(..., weights_only=True)``;
+* :func:`rng_state` / :func:`restore_rng` capture and restore torch's (CPU, and each GPU's once
+  CUDA is in use), NumPy's global and Python's ``random`` states, and the loop's own generators,
+  as tensors and plain values, so checkpoints load with ``torch.load(..., weights_only=True)``;
+* a checkpoint records the device type it was written on, and a resume on another device type
+  is refused (the random streams and kernels differ, so the run would not continue the same);
+* :func:`deterministic` switches on torch's deterministic algorithms for a run;
 * :func:`check_finite` and :func:`check_finite_weights` stop training with a one-line
   :class:`~lmlab.errors.LmlabError` that names the step (and the member, and the last good
   checkpoint);
@@ -29,10 +32,12 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +46,11 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.runtime import CUBLAS_WORKSPACE
 from lmlab.train.checkpoint import load_checkpoint
 
 __all__ = ["Generator", "TrainParts", "rng_state", "restore_rng", "resume_from", "check_finite",
-           "check_finite_gradients",
-           "check_finite_weights", "progress_bar"]
+           "check_finite_gradients", "check_finite_weights", "progress_bar", "deterministic"]
 
 Generator = np.random.Generator | torch.Generator
 """A random stream a loop owns (its data order, its minibatches)."""
@@ -93,7 +98,8 @@ def rng_state(generators: Mapping[str, Generator] | None = None) -> dict[str, An
         generators: The loop's own streams, by name (NumPy or torch generators).
 
     Returns:
-        ``torch`` (CPU ByteTensor), ``cuda`` (one ByteTensor per GPU, when there are GPUs),
+        ``torch`` (CPU ByteTensor), ``cuda`` (one ByteTensor per GPU, only when this process
+        has started CUDA: reading them would otherwise open a CUDA context in a CPU run),
         ``numpy`` (the global legacy generator), ``python`` (``random``) and ``generators``.
 
     >>> state = rng_state(); a = torch.rand(2); restore_rng(state); torch.equal(a, torch.rand(2))
@@ -108,9 +114,20 @@ def rng_state(generators: Mapping[str, Generator] | None = None) -> dict[str, An
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         "generators": {name: _generator_state(g) for name, g in (generators or {}).items()},
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _restore_cuda_rng(states: Sequence[torch.Tensor]) -> None:
+    """Put back the saved GPUs' random states on the GPUs present (the first ones when this
+    machine has fewer, which is said on stderr)."""
+    present = torch.cuda.device_count()
+    for index, saved in enumerate(states[:present]):
+        torch.cuda.set_rng_state(saved, index)
+    if len(states) > present:
+        print(f"lmlab: the checkpoint holds the random states of {len(states)} GPUs and this "
+              f"machine has {present}; restored those of the first {present}", file=sys.stderr)
 
 
 def restore_rng(state: Mapping[str, Any],
@@ -121,8 +138,8 @@ def restore_rng(state: Mapping[str, Any],
         LmlabError: a named generator has no saved state.
     """
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("cuda") and torch.cuda.is_available():
+        _restore_cuda_rng(list(state["cuda"]))
     np_state = state["numpy"]
     np.random.set_state((np_state["kind"], _unplain(np_state["keys"]), np_state["pos"],
                          np_state["has_gauss"], np_state["cached_gaussian"]))
@@ -148,16 +165,29 @@ class TrainParts:
         optimizer: The optimiser.
         scheduler: The learning-rate scheduler, if any.
         generators: The loop's own random streams, by name.
+        device_type: Where the run trains (``cpu``, ``cuda``); None: where the model's (or
+            else the optimiser's) first parameter is.
     """
 
     model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: Any = None
     generators: Mapping[str, Generator] = field(default_factory=dict)
+    device_type: str | None = None
+
+    def run_device_type(self) -> str:
+        """The device type the run trains on (``cpu`` when there are no parameters)."""
+        if self.device_type is not None:
+            return self.device_type
+        params: Iterable[torch.Tensor] = (
+            self.model.parameters() if self.model is not None
+            else (p for group in self.optimizer.param_groups for p in group["params"]))
+        first = next(iter(params), None)
+        return "cpu" if first is None else first.device.type
 
     def state(self, step: int, **counters: Any) -> dict[str, Any]:
         """The checkpoint of ``step``: the parts' state dicts, random states and ``counters``."""
-        state: dict[str, Any] = {"step": int(step)}
+        state: dict[str, Any] = {"step": int(step), "device_type": self.run_device_type()}
         if self.model is not None:
             state["model"] = self.model.state_dict()
         state["optimizer"] = self.optimizer.state_dict()
@@ -171,8 +201,8 @@ class TrainParts:
         """Load a :meth:`state` back into the parts; return its step.
 
         Raises:
-            LmlabError: ``state`` lacks a part (e.g. it was written by an older lmlab), naming
-                ``source``.
+            LmlabError: ``state`` lacks a part (e.g. it was written by an older lmlab), or was
+                written on another device type than this run's, naming ``source``.
         """
         needed = ["step", "optimizer", "rng"]
         if self.model is not None:
@@ -185,6 +215,11 @@ class TrainParts:
         if missing:
             raise LmlabError(f"{source} lacks {', '.join(missing)}: it was not written by this "
                              "version of lmlab; delete it to start over")
+        saved, here = state.get("device_type"), self.run_device_type()
+        if saved is not None and saved != here:  # older checkpoints carry none: taken as they are
+            raise LmlabError(f"{source} was written by a run on {saved} and this run is on {here}; "
+                             f"a run resumes on the device type it started on: resume with "
+                             f"--device {saved} (or delete the checkpoint to start over)")
         if self.model is not None:
             self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -285,6 +320,46 @@ def check_finite_weights(model: torch.nn.Module, step: int, *,
         return
     raise LmlabError(f"the weights became NaN/Inf by step {step}; training stopped"
                      f"{_kept(kept)}; {hint}")
+
+
+# ------------------------------------------------------------------------- deterministic mode
+
+@contextlib.contextmanager
+def deterministic(enabled: bool = True, *, warn_only: bool = False) -> Iterator[None]:
+    """Run the block with torch's deterministic algorithms; restore the previous mode after.
+
+    On a GPU the same inputs then give bitwise the same numbers run after run, which a resumed
+    run needs to continue as the uninterrupted run would: ``torch.use_deterministic_algorithms``
+    picks deterministic kernels (``index_add_``, scatter/gather backward) and makes an
+    operation without one raise, and ``CUBLAS_WORKSPACE_CONFIG`` (set here when unset, and by
+    :func:`lmlab.runtime.resolve_device` as soon as a run resolves to CUDA, since cuBLAS reads
+    it once) fixes cuBLAS's reduction order. On the CPU it changes nothing measurable.
+
+    Args:
+        enabled: False: leave torch's mode as it is.
+        warn_only: Warn instead of raising at an operation that has no deterministic kernel.
+
+    >>> with deterministic():
+    ...     torch.are_deterministic_algorithms_enabled()
+    True
+    >>> torch.are_deterministic_algorithms_enabled()
+    False
+    """
+    if not enabled:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    set_env = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    if set_env:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        if set_env:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 # ---------------------------------------------------------------------------- progress bar

@@ -52,6 +52,7 @@ from lmlab.train.core import (
     check_finite,
     check_finite_gradients,
     check_finite_weights,
+    deterministic,
     progress_bar,
     resume_from,
 )
@@ -88,6 +89,9 @@ class TrainConfig:
         momentum: SGD's momentum (used only by ``sgd``).
         schedule: ``linear`` (warm-up, then linear decay to 0) or ``constant`` (warm-up, then
             the peak rate).
+        deterministic: torch's deterministic algorithms during training (on a GPU, a resumed
+            run then continues bitwise as the uninterrupted run; it costs some GPU speed, and
+            nothing measurable on the CPU); false: torch's fastest kernels.
     """
 
     epochs: int = ranged(1, 1, 10_000, why="every epoch's steps are logged and kept in memory")
@@ -102,6 +106,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     momentum: float = ranged(0.9, 0, 1, open_hi=True)
     schedule: Literal["linear", "constant"] = "linear"
+    deterministic: bool = True
 
     def validate(self) -> None:
         """Every value in its declared range; an optimiser the loop can drive."""
@@ -385,9 +390,13 @@ def train(
         ctx: the data-parallel context (default: single process).
         progress: show a progress bar.
 
+    Checkpoints hold CPU tensors and the device type of the run; a resume on another device
+    type is refused. Training runs in :func:`~lmlab.train.core.deterministic` mode unless
+    ``cfg.deterministic`` is false.
+
     Raises:
-        LmlabError: no training data, an unreadable checkpoint, or a non-finite loss (the last
-            good checkpoint is kept).
+        LmlabError: no training data, an unreadable checkpoint (or one written on another
+            device type), or a non-finite loss (the last good checkpoint is kept).
     """
     ctx = ctx or DistContext()
     if len(train_examples) == 0:
@@ -398,18 +407,19 @@ def train(
     run = _FineTune(model, train_examples, collate, cfg, ctx, _parts(model, cfg, total), params,
                     steps_per_epoch, total, device, eval_examples,
                     None if checkpoint_dir is None else Path(checkpoint_dir), callbacks, log)
-    if resume:
-        run.resume()
-    if run.step == 0:
-        run.notify("on_train_begin", TrainState(step=0, epoch=0, model=model))
-    model.train()
-    with progress_bar(run.total, initial=run.step, desc="train",
-                      enabled=progress and ctx.is_main) as bar:
-        while run.step < run.total:
-            row = run.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
-            run.after_step(row)
+    with deterministic(cfg.deterministic):
+        if resume:
+            run.resume()
+        if run.step == 0:
+            run.notify("on_train_begin", TrainState(step=0, epoch=0, model=model))
+        model.train()
+        with progress_bar(run.total, initial=run.step, desc="train",
+                          enabled=progress and ctx.is_main) as bar:
+            while run.step < run.total:
+                row = run.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+                run.after_step(row)
     run.result.steps = run.step
     model.eval()
     run.notify("on_train_end", TrainState(step=run.step,
