@@ -40,6 +40,9 @@ from lmlab.config import check_ranges, ranged
 from lmlab.data.attention_teacher import GroupData, Split, positional_encodings
 from lmlab.errors import LmlabError
 
+#: Steps between the trainer's checks for a NaN/Inf gradient (each reads one flag back).
+_CHECK_EVERY = 100
+
 __all__ = ["GDConfig", "StudentSpec", "TrainedStudents", "initial_query", "reference_loss",
            "student_output", "train_students"]
 
@@ -136,7 +139,7 @@ class _Targets:
     @classmethod
     def of(cls, T: Tensor, split: Split, n: int, dtype: torch.dtype) -> _Targets:
         """From the teachers' attention T (M, n, 2, 2) and the Gram matrices of ``split``."""
-        Czz, Czx, Cxx = (c[:n].to(dtype) for c in (split.Czz, split.Czx, split.Cxx))
+        Czz, Czx, Cxx = (c[:n].to(T.device, dtype) for c in (split.Czz, split.Czx, split.Cxx))
         TCzx = (T @ Czx).permute(1, 2, 3, 0)                            # (n, ℓ, k, M)
         yy = ((T @ Czz) * T).sum((-1, -2)).T                            # (n, M)
         return cls(yy.contiguous(), TCzx[:, :, 0].contiguous(), TCzx[:, :, 1].contiguous(),
@@ -171,8 +174,13 @@ def reference_loss(Q: Tensor, x: Tensor, y: Tensor, lam: float, scale: float) ->
 
 
 def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
-                   seed: int = 0, dtype: torch.dtype = torch.float32) -> TrainedStudents:
+                   seed: int = 0, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> TrainedStudents:
     """Train every student in ``specs`` on ``data`` at once; evaluate on the test set.
+
+    The samples and the starts are drawn on the CPU (the same numbers on every device) and
+    moved to ``device``, where the training and the evaluation run; the loop reads nothing back
+    from the device but a finiteness check every ``_CHECK_EVERY`` steps.
 
     Table columns: n, alpha, omega, init, lam, eps_t (mean of the last ``average_last``
     values of ℒ/d), eps_g, eps_val (the mean of ‖y − f(x)‖²/(2d) over the ``n_val`` held-out
@@ -195,19 +203,23 @@ def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
         if s.lam is not None and not s.lam >= 0:
             raise LmlabError(f"a student's lam must be ≥ 0 (got {s.lam})")
     n_max = max(s.n + s.n_val for s in specs)
+    dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     Q = torch.cat([initial_query(data, s.init, gen, gd.random_scale) for s in specs], dim=1)
-    Q = Q.to(dtype).requires_grad_(True)                                # (d, M·r)
-    X = data.train.x[:n_max].reshape(n_max * L, d).to(dtype)            # (n·L, d)
-    omegas = torch.tensor([s.omega for s in specs], dtype=dtype)
-    T = teacher_mix(data.train.T_sem[:n_max].to(dtype), omegas, task.A_tensor(dtype))
+    Q = Q.to(dev, dtype).requires_grad_(True)                           # (d, M·r)
+    X = data.train.x[:n_max].reshape(n_max * L, d).to(dev, dtype)       # (n·L, d)
+    omegas = torch.tensor([s.omega for s in specs], dtype=dtype, device=dev)
+    T = teacher_mix(data.train.T_sem[:n_max].to(dev, dtype), omegas,
+                    task.A_tensor(dtype).to(dev))
     targets = _Targets.of(T, data.train, n_max, dtype)
     del T
     mask = (torch.arange(n_max)[:, None] < torch.tensor([s.n for s in specs])[None, :]
-            ).to(dtype)                                                 # (n, M)
-    lams = torch.tensor([gd.lam if s.lam is None else s.lam for s in specs], dtype=dtype)
+            ).to(dev, dtype)                                            # (n, M)
+    lams = torch.tensor([gd.lam if s.lam is None else s.lam for s in specs], dtype=dtype,
+                        device=dev)
     velocity = torch.zeros_like(Q)
-    history = torch.empty((gd.steps, M), dtype=torch.float64)
+    history = torch.empty((gd.steps, M), dtype=torch.float64, device=dev)
+    finite = torch.ones(gd.steps, dtype=torch.bool, device=dev)         # grad finite per step
     start = time.perf_counter()
     for step in range(gd.steps):
         H = (X @ Q).mul(task.student_scale).view(n_max, L, M, r)        # (n, L, M, r)
@@ -217,9 +229,9 @@ def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
         grad, = torch.autograd.grad(losses.sum(), Q)
         history[step] = losses.detach().double()
         with torch.no_grad():
-            if not torch.isfinite(grad).all():
-                raise LmlabError(f"the gradient became NaN/Inf at step {step}; lower gd.lr "
-                                 f"(got {gd.lr})")
+            finite[step] = torch.isfinite(grad).all()
+            if (step + 1) % _CHECK_EVERY == 0 or step + 1 == gd.steps:
+                _check_finite_steps(finite, step + 1, gd.lr)
             if gd.momentum:
                 velocity.mul_(gd.momentum).add_(grad)
                 Q -= gd.lr * velocity
@@ -234,6 +246,20 @@ def train_students(data: GroupData, specs: list[StudentSpec], gd: GDConfig, *,
 
 
 @torch.no_grad()
+def _check_finite_steps(finite: Tensor, done: int, lr: float) -> None:
+    """Raise at the first of the ``done`` steps whose gradient was NaN/Inf (one host read).
+
+    >>> _check_finite_steps(torch.tensor([True, False, False]), 3, 0.1)
+    Traceback (most recent call last):
+    ...
+    lmlab.errors.LmlabError: the gradient became NaN/Inf at step 1; lower gd.lr (got 0.1)
+    """
+    if bool(finite[:done].all()):
+        return
+    step = int((~finite[:done]).nonzero()[0, 0])
+    raise LmlabError(f"the gradient became NaN/Inf at step {step}; lower gd.lr (got {lr})")
+
+
 def _validation_errors(X: Tensor, targets: _Targets, specs: list[StudentSpec], Q: Tensor,
                        scale: float) -> list[float]:
     """Per student, the mean ‖y − f(x)‖²/(2d) over pool samples n..n+n_val−1 (NaN if none)."""
@@ -260,22 +286,23 @@ def _evaluate(data: GroupData, specs: list[StudentSpec], Q: Tensor, grad: Tensor
               history: Tensor, gd: GDConfig, chunk: int = 5000) -> pd.DataFrame:
     task = data.task
     d, L, r, M = task.d, task.L, task.rank, len(specs)
-    omegas = torch.tensor([s.omega for s in specs], dtype=Q.dtype)
-    A = task.A_tensor(Q.dtype)
+    dev = Q.device
+    omegas = torch.tensor([s.omega for s in specs], dtype=Q.dtype, device=dev)
+    A = task.A_tensor(Q.dtype).to(dev)
     n_test = data.test.x.shape[0]
-    total = torch.zeros(M, dtype=torch.float64)
+    total = torch.zeros(M, dtype=torch.float64, device=dev)
     for i in range(0, n_test, chunk):
         part = Split(*(t[i:i + chunk] for t in (data.test.x, data.test.T_sem, data.test.Cxx,
                                                  data.test.Czx, data.test.Czz)))
         k = part.x.shape[0]
-        H = (part.x.reshape(k * L, d).to(Q.dtype) @ Q).mul(task.student_scale)
-        T = teacher_mix(part.T_sem.to(Q.dtype), omegas, A)
+        H = (part.x.reshape(k * L, d).to(dev, Q.dtype) @ Q).mul(task.student_scale)
+        T = teacher_mix(part.T_sem.to(dev, Q.dtype), omegas, A)
         total += _Targets.of(T, part, k, Q.dtype).losses(_first_column(H.view(k, L, M, r))
                                                          ).double().sum(0)
     eps_g = total / n_test / (2 * d)
     Qd = Q.double().view(d, M, r)
     m = Qd.sum(0).abs() / d                                             # |1_d·Q|/d, (M, r)
-    overlap = torch.einsum("dr,dmr->m", data.Q_star, Qd).abs() / d
+    overlap = torch.einsum("dr,dmr->m", data.Q_star.to(dev), Qd).abs() / d
     sq = task.sigma ** 2
     gnorm = grad.double().view(d, M, r).pow(2).sum((0, 2)).sqrt()
     eps_t = history[-gd.average_last:].mean(0) / d

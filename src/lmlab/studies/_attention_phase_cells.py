@@ -29,7 +29,8 @@ __all__ = ["Cell", "cell_key", "linear_baseline_error", "simulate_cell"]
 @dataclass(frozen=True)
 class Cell:
     """One unit of the sweep: one seed and one ω, every α and initialisation; with
-    ``cv_lambdas``, also every λ trained on ``1 − cv_holdout`` of each α's samples."""
+    ``cv_lambdas``, also every λ trained on ``1 − cv_holdout`` of each α's samples; the
+    students train on ``device`` (the samples are drawn on the CPU, the same on every device)."""
 
     task: AttentionTask
     gd: GDConfig
@@ -42,19 +43,24 @@ class Cell:
     dtype: str
     cv_lambdas: tuple[float, ...] = ()
     cv_holdout: float = 0.2
+    device: str = "cpu"
 
 
 def cell_key(cell: Cell) -> str:
     """The store key of a cell: the sweep's default key of its fields, leaving out the
     cross-validation fields when they are off (so stores written before they existed still
     match) and marking the assignment convention's student scale 1/√d (its cells from before
-    that fix are computed again)."""
+    that fix are computed again). A CPU cell's key has no device (so stores written before it
+    existed still match); another device's key names its type: its floating-point sums differ
+    in the last digits, so its cells are not mixed with the CPU's."""
     from lmlab.sweep import cell_key as default_key
 
     fields = asdict(cell)
     if not cell.cv_lambdas:
         fields.pop("cv_lambdas")
         fields.pop("cv_holdout")
+    if fields.pop("device") != "cpu":
+        fields["device"] = cell.device.split(":")[0]
     if cell.task.convention == "assignment":
         fields["student_scale"] = "1/sqrt(d)"
     return default_key(fields)
@@ -88,7 +94,7 @@ def simulate_cell(cell: Cell) -> list[dict[str, Any]]:
                                          init=init,  # type: ignore[arg-type]
                                          lam=lam, n_val=split[1]))
                 grid_alpha.append(n / d)
-    res = train_students(data, specs, cell.gd, seed=cell.seed, dtype=dtype)
+    res = train_students(data, specs, cell.gd, seed=cell.seed, dtype=dtype, device=cell.device)
     table = res.table.assign(seed=cell.seed, seconds=res.seconds / len(specs))
     rows = table.iloc[:n_main].assign(part="main")
     lin = {n: linear_baseline_error(data, cell.omega, n, cell.lam_lin) for n in cell.ns}

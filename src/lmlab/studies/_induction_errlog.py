@@ -73,12 +73,13 @@ def _evaluate(model: TFModel, data: EvalSet) -> tuple[float, float, float]:
     was_training = model.training
     model.eval()
     total, preds = 0.0, []
+    device = next(model.parameters()).device
     for i in range(0, len(data.tokens), _EVAL_CHUNK):
-        x = data.tokens[i : i + _EVAL_CHUNK]
+        x = data.tokens[i : i + _EVAL_CHUNK].to(device)
         logits = model(x)[:, :-1]  # (b, T-1, V)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
                                  reduction="sum").item()
-        preds.append(logits.argmax(-1).numpy())
+        preds.append(logits.argmax(-1).cpu().numpy())
     model.train(was_training)
     pred = np.concatenate(preds)
     loss = total / pred.size

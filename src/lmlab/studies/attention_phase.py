@@ -145,7 +145,8 @@ class Config:
             folder skips every finished cell.
         dtype: the floating-point type of the simulation.
         seed: the base seed of every teacher and data set.
-        device: ``cpu`` or ``cuda`` (the simulation's batched trainer).
+        device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA when available): where the
+            simulation's batched trainer runs; samples are drawn on the CPU either way.
     """
 
     task: AttentionTask = field(default_factory=AttentionTask)
@@ -201,9 +202,6 @@ class Config:
         if n_min < 1:
             raise LmlabError(f"grid.alpha_min={self.grid.alpha_min} gives n = round(α d) = 0 "
                              f"samples at d={self.task.d}; raise grid.alpha_min or task.d")
-        if self.device not in ("cpu", "auto"):
-            raise LmlabError("attention-phase runs on the CPU (its cost is memory traffic); "
-                             "set device=cpu")
 
     def cell_bytes(self) -> float:
         """Estimated peak memory of one cell: its training pool and test set (float64 tokens,
@@ -273,14 +271,15 @@ def check(cfg: Config) -> None:
     cfg.sweep.check_available()
 
 
-def cells_of(cfg: Config) -> list[Cell]:
-    """The sweep's cells, seed-major (λ is cross-validated in the cells at ``fig2_omega``)."""
+def cells_of(cfg: Config, device: str = "cpu") -> list[Cell]:
+    """The sweep's cells, seed-major (λ is cross-validated in the cells at ``fig2_omega``),
+    each to train on ``device`` (resolved: ``cpu``, ``cuda``, ``cuda:N``)."""
     d = cfg.task.d
     ns = tuple(sorted({max(1, round(float(a) * d)) for a in cfg.grid.alphas()}))
     return [Cell(cfg.task, cfg.gd, ns, w, cfg.seed * 1_000_003 + s, cfg.n_test,
                  tuple(cfg.grid.inits), cfg.lam_lin, cfg.dtype,
                  cv_lambdas=cfg.cv.lambdas if w == cfg.grid.fig2_omega else (),
-                 cv_holdout=cfg.cv.holdout)
+                 cv_holdout=cfg.cv.holdout, device=device)
             for s in range(cfg.grid.seeds) for w in cfg.grid.all_omegas()]
 
 
@@ -290,13 +289,16 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     The data tables (``runs.csv``, ``means.csv``, ``alpha_c_by_omega.csv``, the theory's) go
     to ``run_dir``; the finished cells to ``cfg.store`` (default ``run_dir/cells``).
     """
+    from lmlab.runtime import resolve_device
     from lmlab.studies._attention_phase_more import concentration_of, cv_of
     from lmlab.sweep import run_sweep
     from lmlab.theory.attention import PUBLISHED_ALPHA_C
 
     store = cfg.store or str(run_dir.path / "cells")
-    rows = run_sweep(simulate_cell, cells_of(cfg), cfg.sweep, store=store, key=cell_key,
-                     desc="attention-phase cells").drop(columns=["cell"], errors="ignore")
+    device = str(resolve_device(cfg.device))
+    rows = run_sweep(simulate_cell, cells_of(cfg, device), cfg.sweep, store=store, key=cell_key,
+                     desc="attention-phase cells", device=device
+                     ).drop(columns=["cell"], errors="ignore")
     part = rows["part"].fillna("main") if "part" in rows else pd.Series("main", rows.index)
     runs = rows[part == "main"].drop(columns=["part"], errors="ignore").reset_index(drop=True)
     run_dir.save_table("runs.csv", runs)

@@ -64,7 +64,7 @@ STUDY = {"name": "induction", "order": 7,
          "source": "Song, Xu, Zhong, PNAS 2025"}
 
 __all__ = ["Config", "Result", "SUMMARY", "TrainCell", "cells_of", "check", "plot", "report",
-           "run", "setting_name", "train_cell"]
+           "run", "setting_name", "train_cell", "train_cell_key"]
 
 # ``lmlab run ... --resume`` continues an interrupted run: every setting checkpoints every
 # ``save_every`` steps in ``<run>/settings``.
@@ -166,7 +166,9 @@ class Config:
         runs_dir: where the settings' run folders go (default: ``<run>/settings``); a rerun with
             the same folder resumes each setting from its last checkpoint.
         sweep: how settings run in parallel (default: two processes, one thread each).
-        device: ``cpu`` or ``cuda``.
+        device: ``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA when available): where the
+            settings train (on ``cuda``, a process sweep runs one setting at a time); recorded
+            in each setting's ``config.json``.
     """
 
     checkpoints: str = field(default="", metadata={"empty_ok": True})
@@ -210,8 +212,8 @@ class Config:
 
     def validate(self) -> None:
         """Distinct pools; checkpoints that end at the last step and fit on disk; a cheap
-        evaluation no larger than the full one; settings that validate; the CPU; at least one
-        distinct matching method and distance."""
+        evaluation no larger than the full one; settings that validate; at least one distinct
+        matching method and distance."""
         check_ranges(self)
         for key in ("pools", "seeds", "method", "rel_dist", "screenot_k"):
             values = getattr(self, key)
@@ -234,17 +236,15 @@ class Config:
         for cell in cells_of(self, Path(".")):
             cell.setting.validate()
         self.sweep.validate()
-        if self.device not in ("cpu", "auto"):
-            raise LmlabError("the induction study trains on the CPU, one thread per setting; "
-                             "set device=cpu")
 
 
 @dataclass(frozen=True)
 class TrainCell:
-    """One setting to train, and the folder its run goes to."""
+    """One setting to train, the folder its run goes to and the device it trains on."""
 
     setting: TrainSetting
     out_dir: str
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
@@ -261,14 +261,27 @@ def train_cell(cell: TrainCell) -> dict[str, Any]:
     """Train (or resume) one setting; return its summary row."""
     from lmlab.studies.induction_train import train_setting
 
-    out = train_setting(cell.setting, cell.out_dir)
+    out = train_setting(cell.setting, cell.out_dir, device=cell.device)
     return {"setting": cell.name, "pool": cell.pool, **{k: v for k, v in out.items()
                                                        if isinstance(v, (int, float, str))}}
 
 
-def cells_of(cfg: Config, root: Path) -> list[TrainCell]:
+def train_cell_key(cell: TrainCell) -> str:
+    """The sweep's key of a cell: the default key of its fields, without the device on the CPU
+    (so stores written before it existed still match)."""
+    from dataclasses import asdict
+
+    from lmlab.sweep import cell_key
+
+    fields = asdict(cell)
+    if fields["device"] == "cpu":
+        fields.pop("device")
+    return cell_key(fields)
+
+
+def cells_of(cfg: Config, root: Path, device: str = "cpu") -> list[TrainCell]:
     """One cell per pool size (and per seed, with ``seeds``), each running into
-    ``root/<setting name>``."""
+    ``root/<setting name>`` on ``device`` (resolved: ``cpu``, ``cuda``, ``cuda:N``)."""
     from lmlab.studies.induction_train import TrainSetting
 
     seeds = cfg.seeds or (cfg.seed,)
@@ -282,7 +295,7 @@ def cells_of(cfg: Config, root: Path) -> list[TrainCell]:
                              eval_cheap=cfg.eval_cheap, eval_full=cfg.eval_full,
                              num_layers=cfg.num_layers, seed=seed,
                              err_layout=cfg.err_layout),
-                str(root / name)))
+                str(root / name), device))
     return cells
 
 
@@ -388,13 +401,16 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
 
 def _train(cfg: Config, run_dir: RunDir) -> tuple[list[SettingRun], pd.DataFrame]:
     """Train (or resume) every setting; its run folders and the training table."""
+    from lmlab.runtime import resolve_device
     from lmlab.studies._induction_measure import SettingRun
     from lmlab.sweep import run_sweep
 
     root = Path(cfg.runs_dir) if cfg.runs_dir else run_dir.path / "settings"
-    cells = cells_of(cfg, root)
+    device = str(resolve_device(cfg.device))
+    cells = cells_of(cfg, root, device)
     training = run_sweep(train_cell, cells, cfg.sweep, store=root / "sweep",
-                         desc="induction settings").drop(columns=["cell"], errors="ignore")
+                         key=train_cell_key, desc="induction settings", device=device
+                         ).drop(columns=["cell"], errors="ignore")
     return [SettingRun(c.name, c.out_dir, c.pool, c.setting.seed, cfg.steps)
             for c in cells], training
 

@@ -35,6 +35,15 @@ Files in ``out_dir`` (names and keys as the authors', so their notebook code rea
 Seeds: ``seed`` seeds the model initialisation and dropout (torch) and, through independent
 NumPy streams, the pattern pool, the ID test set, the OOD test set and the training batches.
 
+Device: :func:`train_setting` trains on ``device`` (``cpu``, ``cuda``, ``cuda:N``). The model is
+initialised on the CPU and moved there (the same initial weights on every device); every batch
+is drawn on the CPU and copied there. The loop reads nothing back from the device between
+evaluations: the losses of the steps since the last evaluation are checked for NaN/Inf at the
+next one (the error still names the first bad step). ``config.json`` records the device type
+(the authors' ``device`` key); checkpoints hold CPU tensors; a run resumes only on the device
+type it started on. On CUDA, dropout draws from the GPU's random stream, whose state
+``train_state.pt`` keeps with the others (:func:`lmlab.train.core.rng_state`).
+
 >>> import tempfile
 >>> s = TrainSetting("tiny", pool_size=None, steps=4, save_every=2, eval_every=1,
 ...                  eval_cheap=10, eval_full=20)
@@ -64,7 +73,7 @@ from lmlab.data.copying import CopyTask, make_pool, sample_batch
 from lmlab.errors import LmlabError
 from lmlab.models.rotary_tf import RotaryConfig, TFModel, load_state
 from lmlab.runs.io import atomic_save_torch, atomic_write_json
-from lmlab.runtime import limit_threads
+from lmlab.runtime import limit_threads, resolve_device
 from lmlab.studies._induction_errlog import (
     ERR_KEYS,
     ErrLayout,
@@ -185,15 +194,16 @@ PAPER_SETTINGS: tuple[TrainSetting, ...] = (
 control; 20,000 steps each, checkpoints every 200 (``n_save = 100``)."""
 
 
-def run_config(setting: TrainSetting, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def run_config(setting: TrainSetting, out_dir: str | os.PathLike[str],
+               device: torch.device | str = "cpu") -> dict[str, Any]:
     """The ``config.json`` of a run: the authors' keys where meaningful, then lmlab's.
 
     Unused authors' keys (``sample_size, sig, fancy_opt, use_wd, wandb_log``) and plotting
-    ones are left out.
+    ones are left out. ``device`` is the type of the device the run trains on.
 
-    >>> cfg = run_config(TrainSetting("x", pool_size=100), "runs/x")
-    >>> cfg["pool_size"], cfg["num_epoch"], cfg["n_save"], cfg["rotary_theta"]
-    (100, 20000, 100, 10000.0)
+    >>> cfg = run_config(TrainSetting("x", pool_size=100), "runs/x", device="cuda:1")
+    >>> cfg["pool_size"], cfg["num_epoch"], cfg["n_save"], cfg["rotary_theta"], cfg["device"]
+    (100, 20000, 100, 10000.0, 'cuda')
     """
     task, model = setting.resolved_task, setting.model_config()
     return {
@@ -219,7 +229,7 @@ def run_config(setting: TrainSetting, out_dir: str | os.PathLike[str]) -> dict[s
         "rep_h": task.rep_h,
         "ood_len_pattern": task.ood_len,
         "pool_size": task.pool_size,
-        "device": "cpu",
+        "device": torch.device(device).type,
         "schedule": "constant" if setting.constant_lr_quirk else "none",
         "fresh_sample": True,
         "label_smoothing": 0.0,
@@ -252,9 +262,10 @@ class _Run:
     states, the NaN guard and the progress bar are the training core's
     (:mod:`lmlab.train.core`)."""
 
-    def __init__(self, setting: TrainSetting, out: Path) -> None:
+    def __init__(self, setting: TrainSetting, out: Path, device: torch.device) -> None:
         self.setting, self.out, self.task = setting, out, setting.resolved_task
-        self.config = run_config(setting, out)
+        self.device = device
+        self.config = run_config(setting, out, device)
         pool_ss, test_ss, ood_ss, train_ss = np.random.SeedSequence(setting.seed).spawn(4)
         task = self.task
         self.pool = make_pool(task, np.random.default_rng(pool_ss)) if task.pool_size else None
@@ -266,7 +277,7 @@ class _Run:
         self.cheap = (self.test.head(setting.eval_cheap), self.ood.head(setting.eval_cheap))
 
         torch.manual_seed(setting.seed)
-        self.model = TFModel(setting.model_config())
+        self.model = TFModel(setting.model_config()).to(device)  # initialised on the CPU
         opt = torch.optim.AdamW(self.model.parameters(), lr=setting.lr, betas=setting.betas,
                                 eps=setting.eps, weight_decay=setting.weight_decay)
         # ConstantLR(opt) with default arguments: factor 1/3 for the first 5 steps.
@@ -278,6 +289,8 @@ class _Run:
         self.state_path = out / _STATE
         self.err_arr: list[dict[str, Any]] = []
         self.seconds_eval = 0.0
+        self.pending: list[torch.Tensor] = []  # the losses since the last check, on the device
+        self.pending_from = 0  # the step of pending[0]
 
     def start(self) -> int:
         """Resume from the last checkpoint, or write the fixed files and checkpoint 0."""
@@ -295,12 +308,18 @@ class _Run:
 
     def _resume(self) -> int:
         state = load_checkpoint(self.state_path)
-        diff = config_diff(state.get("config", {}), self.config, ignore=("out_dir",))
+        saved_config = state.get("config", {})
+        diff = config_diff(saved_config, self.config, ignore=("out_dir", "device"))
         if diff:
             raise LmlabError(f"{self.out} holds a run of another setting "
                              f"({'; '.join(diff[:4])}); choose another out_dir or delete it")
         start = int(state["step"])
         again = f"delete {self.state_path} to start the run over"
+        was = saved_config.get("device", "cpu") if isinstance(saved_config, dict) else "cpu"
+        if was != self.device.type:
+            raise LmlabError(f"{self.out} was trained on {was} and this run is on "
+                             f"{self.device.type}: a run resumes on the device type it started "
+                             f"on; set device={was}, or {again}")
         ckpt = self.out / f"ckpt_{start}.pt"
         if not ckpt.is_file():
             raise LmlabError(f"cannot resume {self.out} at step {start}: {ckpt.name} is "
@@ -323,7 +342,7 @@ class _Run:
         """Weights, ``err_arr.json``, then the training state (the commit marker)."""
         check_finite_weights(self.model, step, hint="lower lr or check the setting",
                              kept=latest_checkpoint(self.out, _STATE))
-        atomic_save_torch(self.out / f"ckpt_{step}.pt", self.model.state_dict())
+        atomic_save_torch(self.out / f"ckpt_{step}.pt", _cpu_state(self.model))
         self.write_errors()
         save_checkpoint(self.out, self.parts.state(step, config=self.config), name=_STATE)
 
@@ -336,12 +355,13 @@ class _Run:
         """One AdamW step on a fresh batch (``step`` = updates after it); returns the batch."""
         opt, sched = self.parts.optimizer, self.parts.scheduler
         batch = sample_batch(self.task, self.setting.batch_size, self.train_rng, pool=self.pool)
-        x = torch.from_numpy(batch[0])  # (B, T)
+        x = torch.from_numpy(batch[0]).to(self.device)  # (B, T)
         logits = self.model(x)  # (B, T, V)
         V = self.task.vocab_size
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), x[:, 1:].reshape(-1))
-        check_finite(loss.detach(), step, names=[f"setting {self.setting.name}"],
-                     hint="lower lr or check the setting", kept=self.state_path)
+        if not self.pending:
+            self.pending_from = step
+        self.pending.append(loss.detach())  # checked at the next evaluation: no sync here
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -349,10 +369,18 @@ class _Run:
             sched.step()
         return batch
 
+    def check_losses(self) -> None:
+        """Raise at the first NaN/Inf training loss since the last check (one host read)."""
+        if self.pending:
+            losses, self.pending = torch.stack(self.pending), []
+            check_finite(losses, self.pending_from, names=[f"setting {self.setting.name}"],
+                         hint="lower lr or check the setting", kept=self.state_path)
+
     def evaluate(self, step: int, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
                  ) -> dict[str, Any]:
         """The ``err_arr`` entry of the weights after ``step`` steps: on the full test sets
         (then a checkpoint) every ``save_every`` steps, else on their cheap prefixes."""
+        self.check_losses()
         t0 = time.perf_counter()
         full = step % self.setting.save_every == 0
         test, ood = (self.test, self.ood) if full else self.cheap
@@ -364,11 +392,12 @@ class _Run:
 
     def finish(self, start: int, end: int) -> bool:
         """Write what lies beyond the last checkpoint, and ``ckpt.pt`` once the run is done."""
+        self.check_losses()
         if end > start and end % self.setting.save_every:
             self.write_errors()
         finished = end == self.setting.steps
         if finished:
-            atomic_save_torch(self.out / "ckpt.pt", self.model.state_dict())
+            atomic_save_torch(self.out / "ckpt.pt", _cpu_state(self.model))
         return finished
 
     def summary(self, start: int, end: int, seconds: float, seconds_loop: float
@@ -398,6 +427,7 @@ def train_setting(
     *,
     progress: bool = False,
     stop_after: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Train one setting into ``out_dir``, resuming from its last checkpoint if there is one.
 
@@ -411,6 +441,8 @@ def train_setting(
         progress: Show a tqdm bar with the rate, ETA and the latest errors.
         stop_after: Stop once this many steps are done in total (to split a run; the next call
             resumes from the last checkpoint at or before it).
+        device: Where the model trains (``cpu``, ``cuda``, ``cuda:N``; ``auto``: CUDA when
+            available); an unavailable GPU is a one-line error.
 
     Returns:
         A summary: ``name, out_dir, steps, start_step, steps_done, finished``, the last full
@@ -427,14 +459,23 @@ def train_setting(
             stop_after, int) or stop_after < 0):
         raise LmlabError(f"stop_after must be a non-negative integer (got {stop_after!r})")
     out = Path(out_dir)
+    dev = resolve_device(device)
     with limit_threads(1):
-        return _train(setting, out, progress=progress, stop_after=stop_after)
+        return _train(setting, out, progress=progress, stop_after=stop_after, device=dev)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with CPU tensors (the same tensors on a CPU run)."""
+    state = model.state_dict()
+    for key, value in state.items():
+        state[key] = value.cpu()
+    return state
 
 
 def _train(setting: TrainSetting, out: Path, *, progress: bool,
-           stop_after: int | None) -> dict[str, Any]:
+           stop_after: int | None, device: torch.device) -> dict[str, Any]:
     t_start = time.perf_counter()
-    run = _Run(setting, out)
+    run = _Run(setting, out, device)
     start = run.start()
     end = setting.steps if stop_after is None else min(setting.steps, max(stop_after, start))
     t_loop = time.perf_counter()

@@ -199,6 +199,7 @@ def run_sweep(
     progress: bool = True,
     desc: str = "sweep",
     on_error: Literal["raise", "record"] = "raise",
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Compute ``fn(cell)`` for every cell and gather the rows into one table.
 
@@ -218,6 +219,9 @@ def run_sweep(
             are stored; no new ones start); ``"record"`` goes on and gives each failed cell one
             row with its message in an ``error`` column (``None`` elsewhere). Failed cells are
             never stored, so a rerun tries them again.
+        device: Where the cells compute (``fn`` moves them there itself). On ``cuda``, a
+            ``process`` pool has one worker (the cells share one GPU) and each Ray task
+            requests ``1 / workers`` of a GPU (a whole one when ``workers`` is None).
 
     Returns:
         One row per result row, in the order of ``cells``: a ``cell`` column with the key,
@@ -246,7 +250,7 @@ def run_sweep(
         todo = [(k, cell) for k, cell in zip(keys, cells, strict=True) if k not in results]
         bar = _progress_bar(len(cells), len(results), desc, progress)
         collector = _Collector(results, sink, bar, record=on_error == "record")
-        _compute(fn, cfg, todo, collector)
+        _compute(fn, cfg, todo, collector, device)
     finally:
         if sink is not None:
             sink.close()
@@ -340,12 +344,13 @@ class _Collector:
 
 
 def _compute(
-    fn: Callable[[Any], Any], cfg: SweepConfig, todo: list[tuple[str, Any]], collector: _Collector
+    fn: Callable[[Any], Any], cfg: SweepConfig, todo: list[tuple[str, Any]], collector: _Collector,
+    device: str | None = None,
 ) -> None:
     """Run the cells of ``todo`` on the backend's pool, handing each outcome to ``collector``."""
     try:
         if todo:
-            with _open_pool(fn, cfg, len(todo)) as pool:
+            with _open_pool(fn, cfg, len(todo), device) as pool:
                 _drive(pool, todo, collector.finish)
                 collector.bar.close()  # before the pool shuts down, so the bar's time is the work's
     finally:

@@ -182,9 +182,11 @@ class _ProcessPool:
 
 
 class _RayPool:
-    """Ray tasks of one CPU each; ``fn`` and the cells travel by cloudpickle."""
+    """Ray tasks of one CPU (and ``gpus`` of a GPU) each; ``fn`` and the cells travel by
+    cloudpickle."""
 
-    def __init__(self, fn: Callable[[Any], Any], cfg: SweepConfig, workers: int | None) -> None:
+    def __init__(self, fn: Callable[[Any], Any], cfg: SweepConfig, workers: int | None,
+                 gpus: float = 0.0) -> None:
         import logging
 
         import ray
@@ -213,7 +215,7 @@ class _RayPool:
             if workers is None:
                 workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
             self.limit = 2 * workers
-            self.task = ray.remote(num_cpus=1)(_ray_task)
+            self.task = ray.remote(num_cpus=1, num_gpus=gpus)(_ray_task)
             self.cloudpickle = cloudpickle
             self.fn_ref = ray.put(cloudpickle.dumps(fn))
         except BaseException:
@@ -248,8 +250,11 @@ class _RayPool:
 
 
 @contextlib.contextmanager
-def _open_pool(fn: Callable[[Any], Any], cfg: SweepConfig, n_cells: int) -> Iterator[_Pool]:
-    """The backend's pool; closed on exit (and torn down at once on Ctrl-C)."""
+def _open_pool(fn: Callable[[Any], Any], cfg: SweepConfig, n_cells: int,
+               device: str | None = None) -> Iterator[_Pool]:
+    """The backend's pool; closed on exit (and torn down at once on Ctrl-C). On a ``cuda``
+    device a process pool has one worker and a Ray task asks for ``1 / workers`` of a GPU."""
+    gpu = device is not None and str(device).startswith("cuda")
     if cfg.backend == "inprocess":
         from lmlab.runtime import limit_threads
 
@@ -258,7 +263,7 @@ def _open_pool(fn: Callable[[Any], Any], cfg: SweepConfig, n_cells: int) -> Iter
         return
     pool: _ProcessPool | _RayPool
     if cfg.backend == "process":
-        workers = min(cfg.workers or os.cpu_count() or 1, n_cells)
+        workers = 1 if gpu else min(cfg.workers or os.cpu_count() or 1, n_cells)
         pool = _ProcessPool(fn, workers, cfg.threads_per_worker)
     else:
         try:
@@ -268,7 +273,8 @@ def _open_pool(fn: Callable[[Any], Any], cfg: SweepConfig, n_cells: int) -> Iter
         workers_ray = cfg.workers
         if cfg.address is None:  # a local Ray gets as many CPUs as there are workers
             workers_ray = min(cfg.workers or os.cpu_count() or 1, n_cells)
-        pool = _RayPool(fn, cfg, workers_ray)
+        share = (1.0 / workers_ray if workers_ray else 1.0) if gpu else 0.0
+        pool = _RayPool(fn, cfg, workers_ray, share)
     interrupted = True
     try:
         yield pool
