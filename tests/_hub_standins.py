@@ -79,31 +79,11 @@ GPT2_CONFIG: dict[str, Any] = {
 
 #: ``config.json`` of distilgpt2 on the hub (distilbert/distilgpt2): gpt2 with 6 layers.
 DISTILGPT2_CONFIG: dict[str, Any] = {
+    **GPT2_CONFIG,
     "_num_labels": 1,
-    "activation_function": "gelu_new",
-    "architectures": ["GPT2LMHeadModel"],
-    "attn_pdrop": 0.1,
-    "bos_token_id": 50256,
-    "embd_pdrop": 0.1,
-    "eos_token_id": 50256,
     "id2label": {"0": "LABEL_0"},
-    "initializer_range": 0.02,
     "label2id": {"LABEL_0": 0},
-    "layer_norm_epsilon": 1e-05,
-    "model_type": "gpt2",
-    "n_ctx": 1024,
-    "n_embd": 768,
-    "n_head": 12,
     "n_layer": 6,
-    "n_positions": 1024,
-    "resid_pdrop": 0.1,
-    "summary_activation": None,
-    "summary_first_dropout": 0.1,
-    "summary_proj_to_labels": True,
-    "summary_type": "cls_index",
-    "summary_use_proj": True,
-    "task_specific_params": _TEXT_GENERATION,
-    "vocab_size": 50257,
 }
 
 #: Parameters of each model (tied input/output embeddings counted once), by hand from the
