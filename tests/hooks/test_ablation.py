@@ -243,3 +243,29 @@ def test_llama_layout_families(name: str, ids: torch.Tensor) -> None:
     assert locate(model).family.name == "llama"
     v, o = _v_and_o(model, ids, layer=0, mode="previous-token")
     torch.testing.assert_close(o[:, 1:], v[:, :-1], atol=ATOL, rtol=0)
+
+
+def test_the_mask_is_read_once_per_forward_not_once_per_layer(
+        ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the attention mask is all ones is read from the device once per forward pass
+    (a read waits for a GPU), however many layers are ablated; the numbers are unchanged."""
+    model = tiny("llama")
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with torch.no_grad(), ablate(model, "uniform", layers=[0, 1]):
+        expected = out(model, ids, attention_mask=mask)
+    reads = []
+    real_all = torch.Tensor.all
+
+    def counting_all(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if self is mask:
+            reads.append(1)
+        return real_all(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "all", counting_all)
+    with torch.no_grad(), ablate(model, "uniform", layers=[0, 1]):
+        got = out(model, ids, attention_mask=mask)
+        assert len(reads) == 1
+        out(model, ids, attention_mask=mask)
+    assert len(reads) == 2  # one more forward, one more read
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

@@ -7,7 +7,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.models.char_mlp import CharMLPEnsemble, MLPShape, MLPVariant
-from lmlab.train.sampled import StepConfig, train_ensemble, train_module
+from lmlab.train.sampled import StepConfig, batch_indices, train_ensemble, train_module
 
 SHAPE = MLPShape(vocab_size=7, block_size=2, n_embd=4, n_hidden=16)
 
@@ -76,3 +76,28 @@ def test_ensemble_needs_sgd_and_matching_data() -> None:
         train_ensemble(ens, X, Y, StepConfig(steps=1, optimizer="adamw"))
     with pytest.raises(LmlabError, match="equally long"):
         train_ensemble(ens, X, Y[:10], StepConfig(steps=1))
+
+
+@pytest.mark.parametrize(("n", "batch", "steps", "chunk"),
+                         [(10, 4, 7, 3), (228_146, 32, 1000, 500), (3, 1, 5, 1), (2**33, 2, 4, 4)])
+def test_chunked_draws_equal_the_per_step_draws(n: int, batch: int, steps: int,
+                                                chunk: int) -> None:
+    """One randint per chunk of steps = one per step, and the generator ends in the same state
+    (n = 2**33 takes torch's 64-bit path)."""
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    chunked = list(batch_indices(n, batch, steps, g1, chunk=chunk))
+    per_step = [torch.randint(0, n, (batch,), generator=g2) for _ in range(steps)]
+    assert len(chunked) == steps
+    assert all(torch.equal(a, b) for a, b in zip(chunked, per_step, strict=True))
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_the_check_interval_changes_no_number() -> None:
+    """check_every sets the draw chunk: the losses are the same bit for bit at any value."""
+    X, Y = data()
+    runs = []
+    for every in (1, 7, 500):
+        ens = CharMLPEnsemble(SHAPE, [MLPVariant("a")], seed=1)
+        runs.append(train_ensemble(ens, X, Y, StepConfig(steps=30, lr=0.3, check_every=every,
+                                                         lr_decay_step=None)).losses)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])

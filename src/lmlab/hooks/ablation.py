@@ -56,9 +56,13 @@ Reference = torch.Tensor | Mapping[str, torch.Tensor]
 
 @dataclass
 class _Batch:
-    """What the current forward pass was given: its attention mask, if any."""
+    """What the current forward pass was given: its attention mask, if any, and the boolean
+    key mask derived from it once per pass (not once per hooked layer: reading whether the
+    mask is all ones waits for the device)."""
 
     mask: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    resolved: bool = False
 
 
 def _indices(values: int | Sequence[int] | None, n: int, what: str) -> list[int]:
@@ -73,6 +77,20 @@ def _indices(values: int | Sequence[int] | None, n: int, what: str) -> list[int]
     return sorted(set(chosen))
 
 
+class _OnDevice:
+    """A constant tensor of a hook, copied to a device the first time a forward pass runs
+    there and reused after (not copied again at every forward)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._copies = {tensor.device: tensor}
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        found = self._copies.get(device)
+        if found is None:
+            found = self._copies[device] = next(iter(self._copies.values())).to(device)
+        return found
+
+
 def _head_mask(layout: AttentionLayout, heads: Heads) -> torch.Tensor:
     chosen = _indices(heads, layout.dims.n_heads, "heads")
     mask = torch.zeros(layout.dims.n_heads, dtype=torch.bool)
@@ -84,13 +102,13 @@ def _replace_heads(layout: AttentionLayout, heads: Heads,
                    new: Callable[[torch.Tensor], torch.Tensor]) -> Hook:
     """A pre-hook on W_O that replaces the chosen heads' slices of its input by ``new(o)``,
     where ``o`` is that input viewed as ``(B, T, H, d_head)``."""
-    mask = _head_mask(layout, heads)
+    mask = _OnDevice(_head_mask(layout, heads))
     n_heads, d_head = layout.dims.n_heads, layout.dims.d_head
 
     def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
         o = x.reshape(*x.shape[:-1], n_heads, d_head)  # (B, T, H, D)
-        o = torch.where(mask.to(o.device), new(o).to(o.dtype), o)
+        o = torch.where(mask.on(o.device), new(o).to(o.dtype), o)
         return (o.reshape(x.shape), *args[1:])
 
     return forward_pre_hook(hook)
@@ -124,9 +142,9 @@ def mean_ablation(layout: AttentionLayout, layer: int, mean: torch.Tensor,
         >>> [hook.kind for _, hook in mean_ablation(layout, 0, torch.zeros(8))]
         ['forward_pre']
     """
-    per_head = mean.view(layout.dims.n_heads, layout.dims.d_head)
+    per_head = _OnDevice(mean.view(layout.dims.n_heads, layout.dims.d_head))
     return [(layout.path("out_proj", layer),
-             _replace_heads(layout, heads, lambda o: per_head.to(o.device).expand_as(o)))]
+             _replace_heads(layout, heads, lambda o: per_head.on(o.device).expand_as(o)))]
 
 
 def _value_hook(layout: AttentionLayout, slot: dict[str, torch.Tensor]) -> Hook:
@@ -151,9 +169,12 @@ def _key_mask(batch: _Batch, v: torch.Tensor) -> torch.Tensor | None:
     if mask.dim() != 2 or mask.shape != v.shape[:2]:
         raise LmlabError(f"attention_mask of shape {tuple(mask.shape)} does not match the "
                          f"sequence {tuple(v.shape[:2])}; pass a (batch, seq) mask of 0/1")
-    if bool(mask.all()):
-        return None
-    return mask.to(device=v.device, dtype=torch.bool)
+    if not batch.resolved:
+        batch.keys = None if bool(mask.all()) else mask.to(dtype=torch.bool)
+        batch.resolved = True
+    if batch.keys is not None and batch.keys.device != v.device:
+        batch.keys = batch.keys.to(v.device)  # moved once (per device of a split model)
+    return batch.keys
 
 
 def _uniform_mix(v: torch.Tensor, keys: torch.Tensor | None, causal: bool) -> torch.Tensor:
@@ -252,6 +273,7 @@ def _batch_hook(model: torch.nn.Module, batch: _Batch) -> Hook:
                              "one pass; call the model without past_key_values")
         mask = bound.get("attention_mask")
         batch.mask = mask if isinstance(mask, torch.Tensor) else None
+        batch.keys, batch.resolved = None, False
 
     return forward_pre_hook(hook, with_kwargs=True)
 

@@ -42,7 +42,9 @@ evaluations: the losses of the steps since the last evaluation are checked for N
 next one (the error still names the first bad step). ``config.json`` records the device type
 (the authors' ``device`` key); checkpoints hold CPU tensors; a run resumes only on the device
 type it started on. On CUDA, dropout draws from the GPU's random stream, whose state
-``train_state.pt`` keeps with the others (:func:`lmlab.train.core.rng_state`).
+``train_state.pt`` keeps with the others (:func:`lmlab.train.core.rng_state`). Training runs in
+:func:`lmlab.train.core.deterministic` mode, so a resumed run continues as the uninterrupted
+one would on a GPU too.
 
 >>> import tempfile
 >>> s = TrainSetting("tiny", pool_size=None, steps=4, save_every=2, eval_every=1,
@@ -87,8 +89,15 @@ from lmlab.train.checkpoint import (
     load_checkpoint,
     read_torch,
     save_checkpoint,
+    to_cpu,
 )
-from lmlab.train.core import TrainParts, check_finite, check_finite_weights, progress_bar
+from lmlab.train.core import (
+    TrainParts,
+    check_finite,
+    check_finite_weights,
+    deterministic,
+    progress_bar,
+)
 
 __all__ = ["ERR_KEYS", "PAPER_SETTINGS", "TrainSetting", "run_config", "train_setting"]
 
@@ -342,7 +351,7 @@ class _Run:
         """Weights, ``err_arr.json``, then the training state (the commit marker)."""
         check_finite_weights(self.model, step, hint="lower lr or check the setting",
                              kept=latest_checkpoint(self.out, _STATE))
-        atomic_save_torch(self.out / f"ckpt_{step}.pt", _cpu_state(self.model))
+        atomic_save_torch(self.out / f"ckpt_{step}.pt", to_cpu(self.model.state_dict()))
         self.write_errors()
         save_checkpoint(self.out, self.parts.state(step, config=self.config), name=_STATE)
 
@@ -397,7 +406,7 @@ class _Run:
             self.write_errors()
         finished = end == self.setting.steps
         if finished:
-            atomic_save_torch(self.out / "ckpt.pt", _cpu_state(self.model))
+            atomic_save_torch(self.out / "ckpt.pt", to_cpu(self.model.state_dict()))
         return finished
 
     def summary(self, start: int, end: int, seconds: float, seconds_loop: float
@@ -460,16 +469,8 @@ def train_setting(
         raise LmlabError(f"stop_after must be a non-negative integer (got {stop_after!r})")
     out = Path(out_dir)
     dev = resolve_device(device)
-    with limit_threads(1):
+    with limit_threads(1), deterministic():  # a resumed run continues bitwise, also on a GPU
         return _train(setting, out, progress=progress, stop_after=stop_after, device=dev)
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with CPU tensors (the same tensors on a CPU run)."""
-    state = model.state_dict()
-    for key, value in state.items():
-        state[key] = value.cpu()
-    return state
 
 
 def _train(setting: TrainSetting, out: Path, *, progress: bool,

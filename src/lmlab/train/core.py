@@ -316,7 +316,8 @@ def check_finite_weights(model: torch.nn.Module, step: int, *,
     Raises:
         LmlabError: naming the step and the last good checkpoint.
     """
-    if all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    if not flags or bool(torch.stack(flags).all()):  # one read from the device, not one each
         return
     raise LmlabError(f"the weights became NaN/Inf by step {step}; training stopped"
                      f"{_kept(kept)}; {hint}")

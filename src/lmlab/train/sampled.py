@@ -5,8 +5,9 @@ core, :mod:`lmlab.train.core`).
 
 Two routes share the loop: :func:`train_ensemble` drives a model with a fused ``step(X, Y, lr)``
 (:class:`lmlab.models.char_mlp.CharMLPEnsemble`, several members per step), and
-:func:`train_module` any ``nn.Module`` by autograd. Minibatches come from ``generator`` with one
-``torch.randint`` per step, the lecture's stream, so a run is reproducible from its seed.
+:func:`train_module` any ``nn.Module`` by autograd. Minibatches come from ``generator``: the
+numbers of one ``torch.randint`` per step, the lecture's stream (drawn a chunk of steps at a
+time, see :func:`batch_indices`), so a run is reproducible from its seed.
 
 >>> import torch
 >>> from lmlab.models.char_mlp import CharMLPEnsemble, MLPShape, MLPVariant
@@ -20,7 +21,7 @@ Two routes share the loop: :func:`train_ensemble` drives a model with a fused ``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -32,7 +33,7 @@ from lmlab.errors import LmlabError
 from lmlab.train.core import check_finite, progress_bar
 
 __all__ = ["MAX_MEMORY", "MEMORY_WHY", "FusedModel", "StepConfig", "StepResult",
-           "train_ensemble", "train_module"]
+           "batch_indices", "train_ensemble", "train_module"]
 
 
 MAX_MEMORY = 8 * 2**30
@@ -128,6 +129,36 @@ class FusedModel(Protocol):
     def step(self, X: Tensor, Y: Tensor, lr: float) -> Tensor: ...  # noqa: D102
 
 
+def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator, *,
+                  device: torch.device | str = "cpu", chunk: int = 500) -> Iterator[Tensor]:
+    """The minibatch rows of ``steps`` steps, one ``(batch_size,)`` tensor per step on
+    ``device``: the same numbers as one ``torch.randint(0, n, (batch_size,))`` per step.
+
+    The rows are drawn on the CPU ``chunk`` steps at a time and copied to the device in one
+    (pinned, non-blocking, on CUDA) transfer per chunk rather than one per step. torch's CPU
+    generator fills a tensor element by element, so a chunk holds exactly the per-step draws
+    one after the other; no more than ``steps`` steps are drawn, so ``generator`` ends in the
+    state the per-step draws leave it in.
+
+    >>> g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    >>> chunked = torch.stack(list(batch_indices(10, 4, 5, g1, chunk=2)))
+    >>> per_step = torch.stack([torch.randint(0, 10, (4,), generator=g2) for _ in range(5)])
+    >>> torch.equal(chunked, per_step), torch.equal(g1.get_state(), g2.get_state())
+    (True, True)
+    """
+    device = torch.device(device)
+    done = 0
+    while done < steps:
+        k = min(chunk, steps - done)
+        rows = torch.randint(0, n, (k, batch_size), generator=generator)
+        if device.type == "cuda":
+            rows = rows.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            rows = rows.to(device)
+        yield from rows.unbind(0)
+        done += k
+
+
 def _loop(step_fn: Callable[[Tensor, Tensor, float], Tensor], names: list[str], X: Tensor,
           Y: Tensor, cfg: StepConfig, generator: torch.Generator,
           diag_fn: Callable[[int, float], list[dict[str, Any]]] | None, progress: bool,
@@ -139,10 +170,12 @@ def _loop(step_fn: Callable[[Tensor, Tensor, float], Tensor], names: list[str], 
     losses = torch.empty((len(names), cfg.steps), dtype=torch.float32, device=X.device)
     diagnostics: list[dict[str, Any]] = []
     n, checked = X.shape[0], 0
+    draws = batch_indices(n, cfg.batch_size, cfg.steps, generator, device=X.device,
+                          chunk=cfg.check_every)
     start = time.perf_counter()
     with progress_bar(cfg.steps, desc=desc, enabled=progress, leave=False) as bar:
         for i in range(cfg.steps):
-            ix = torch.randint(0, n, (cfg.batch_size,), generator=generator).to(X.device)
+            ix = next(draws)
             lr = cfg.lr_at(i)
             losses[:, i] = step_fn(X[ix], Y[ix], lr)
             if diag_fn is not None and cfg.diag_every and (i % cfg.diag_every == 0
