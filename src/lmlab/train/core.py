@@ -49,8 +49,9 @@ from lmlab.errors import LmlabError
 from lmlab.runtime import CUBLAS_WORKSPACE
 from lmlab.train.checkpoint import load_checkpoint
 
-__all__ = ["Generator", "TrainParts", "rng_state", "restore_rng", "resume_from", "check_finite",
-           "check_finite_gradients", "check_finite_weights", "progress_bar", "deterministic"]
+__all__ = ["PRECISIONS", "Generator", "TrainParts", "rng_state", "restore_rng", "resume_from",
+           "check_finite", "check_finite_gradients", "check_finite_norm", "check_finite_weights",
+           "progress_bar", "deterministic", "matmul_precision", "autocast"]
 
 Generator = np.random.Generator | torch.Generator
 """A random stream a loop owns (its data order, its minibatches)."""
@@ -299,7 +300,18 @@ def check_finite_gradients(params: Iterable[torch.nn.Parameter], loss: float, st
     the gradient norm became nan at step 3 while the training loss was finite
     """
     grads = [p.grad for p in params if p.grad is not None]
-    norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    check_finite_norm(float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0, loss, step,
+                      kept=kept)
+
+
+def check_finite_norm(norm: float, loss: float, step: int, *,
+                      kept: str | os.PathLike[str] | None = None) -> None:
+    """:func:`check_finite_gradients` for a gradient norm already computed (a loop that reads
+    its norms back from the device a few steps at a time).
+
+    Raises:
+        LmlabError: naming the norm, the step and the finite loss.
+    """
     if not math.isfinite(norm):
         raise LmlabError(
             f"the gradient norm became {norm} at step {step} while the training loss was "
@@ -361,6 +373,52 @@ def deterministic(enabled: bool = True, *, warn_only: bool = False) -> Iterator[
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         if set_env:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+# ------------------------------------------------------------------------------- precision
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32")
+"""The arithmetic a training run can use: ``fp32`` (float32 everywhere, the default), ``bf16``
+(the forward pass under bfloat16 autocast; weights, gradients, optimiser state and the loss
+stay float32) and ``tf32`` (float32 matrix products on a GPU's TF32 tensor cores: a 10-bit
+mantissa inside the product; nothing changes on the CPU)."""
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device_type: str) -> Iterator[None]:
+    """Run the block with TF32 matrix products and convolutions when ``precision`` is ``tf32``
+    and the run is on CUDA; the previous settings are restored after. Otherwise nothing.
+
+    >>> with matmul_precision("tf32", "cuda"):
+    ...     torch.get_float32_matmul_precision()
+    'high'
+    >>> torch.get_float32_matmul_precision()
+    'highest'
+    """
+    if precision != "tf32" or device_type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+
+
+def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """The context a forward pass runs in: bfloat16 autocast for ``bf16`` (on the CPU too),
+    nothing for ``fp32`` and ``tf32``.
+
+    >>> with autocast("bf16", "cpu"):
+    ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    torch.bfloat16
+    """
+    if precision == "bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------- progress bar

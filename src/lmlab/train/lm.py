@@ -27,18 +27,31 @@ import torch.nn.functional as F
 
 from lmlab.train.distributed import DistContext, all_reduce_sum
 
-__all__ = ["token_loss_sum", "evaluate_lm", "LMEval"]
+__all__ = ["token_loss_sum", "loss_sum", "scored_tokens", "evaluate_lm", "LMEval"]
 
 
 def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy of a batch and the number of scored tokens."""
+    """Summed next-token cross-entropy of a batch and the number of scored tokens (counted
+    from ``batch["labels"]``: a read from the device when they are on a GPU; a loop counts
+    them on the host with :func:`scored_tokens` and calls :func:`loss_sum`)."""
+    return loss_sum(model, batch), scored_tokens(batch["labels"])
+
+
+def loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy of a batch, padding (label -100) excluded; nothing is
+    read back from the device."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     # position t predicts token t+1: shift the labels, not the (B, T, V) logits, which would
     # copy the largest tensor of the step (and its gradient)
     labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)  # (B, T)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                            ignore_index=-100, reduction="sum")
-    return loss, int((labels != -100).sum())
+
+
+def scored_tokens(labels: torch.Tensor) -> int:
+    """How many next-token predictions of a ``(B, T)`` label batch are scored (label -100 is
+    padding; the first position predicts nothing)."""
+    return int((labels[:, 1:] != -100).sum())
 
 
 @dataclass(frozen=True)
@@ -62,15 +75,15 @@ def evaluate_lm(model: Any, examples: Sequence[Sequence[int]],
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    summed: torch.Tensor | float = 0.0  # on the device: read once, after the last batch
+    count = 0
     mine = list(examples)[ctx.rank :: ctx.world_size]
     for start in range(0, len(mine), batch_size):
-        batch = {k: v.to(device) if device is not None else v
-                 for k, v in collate(mine[start : start + batch_size]).items()}
-        loss, n = token_loss_sum(model, batch)
-        total += float(loss)
-        count += n
-    total, count_f = all_reduce_sum([total, float(count)], ctx)
+        on_host = collate(mine[start : start + batch_size])
+        count += scored_tokens(on_host["labels"])
+        batch = {k: v.to(device) if device is not None else v for k, v in on_host.items()}
+        summed = summed + loss_sum(model, batch).double()
+    total, count_f = all_reduce_sum([float(summed), float(count)], ctx)
     model.train(was_training)
     if count_f == 0:
         return LMEval(float("nan"), float("nan"), 0)

@@ -49,18 +49,20 @@ from lmlab.train.callbacks import Callback, TrainState
 from lmlab.train.checkpoint import latest_checkpoint, save_checkpoint
 from lmlab.train.core import (
     TrainParts,
+    autocast,
     check_finite,
-    check_finite_gradients,
+    check_finite_norm,
     check_finite_weights,
     deterministic,
+    matmul_precision,
     progress_bar,
     resume_from,
 )
 from lmlab.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
-from lmlab.train.lm import evaluate_lm, token_loss_sum
+from lmlab.train.lm import evaluate_lm, loss_sum, scored_tokens
 
-__all__ = ["TrainConfig", "TrainResult", "train", "decay_groups", "build_optimizer",
-           "supported_optimizers"]
+__all__ = ["READ_EVERY", "TrainConfig", "TrainResult", "train", "decay_groups",
+           "build_optimizer", "supported_optimizers"]
 
 Collate = Callable[[Sequence[Sequence[int]]], dict[str, torch.Tensor]]
 
@@ -92,6 +94,11 @@ class TrainConfig:
         deterministic: torch's deterministic algorithms during training (on a GPU, a resumed
             run then continues bitwise as the uninterrupted run; it costs some GPU speed, and
             nothing measurable on the CPU); false: torch's fastest kernels.
+        precision: ``fp32`` (default); ``bf16``: the training forward passes under bfloat16
+            autocast (weights, gradients, optimiser state and the loss stay float32;
+            evaluations run in float32, so perplexities compare across precisions);
+            ``tf32``: float32 matrix products on a GPU's TF32 tensor cores (no change on the
+            CPU). See :data:`lmlab.train.core.PRECISIONS`.
     """
 
     epochs: int = ranged(1, 1, 10_000, why="every epoch's steps are logged and kept in memory")
@@ -107,6 +114,7 @@ class TrainConfig:
     momentum: float = ranged(0.9, 0, 1, open_hi=True)
     schedule: Literal["linear", "constant"] = "linear"
     deterministic: bool = True
+    precision: Literal["fp32", "bf16", "tf32"] = "fp32"
 
     def validate(self) -> None:
         """Every value in its declared range; an optimiser the loop can drive."""
@@ -246,7 +254,27 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+    """The batch on ``device``: on CUDA from pinned memory without blocking the host (the copy
+    queues behind the previous step's kernels instead of waiting for them)."""
+    if device is None:
+        return batch
+    if torch.device(device).type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+READ_EVERY = 50
+"""How many steps a run on a GPU queues before it reads their losses and gradient norms back
+(one wait for the device per this many steps instead of three per step)."""
+
+
+@dataclass
+class _Unread:
+    """A step whose loss and gradient norm are still on the device."""
+
+    row: dict[str, Any]
+    loss: torch.Tensor
+    norm: torch.Tensor
 
 
 @dataclass
@@ -267,8 +295,11 @@ class _FineTune:
     checkpoint_dir: Path | None = None
     callbacks: Sequence[Callback] = ()
     log: Callable[[dict[str, Any]], None] | None = None
+    read_every: int = 1
     result: TrainResult = field(default_factory=TrainResult)
     step: int = 0
+    unread: list[_Unread] = field(default_factory=list)
+    last_loss: float | None = None
 
     def resume(self) -> None:
         """Continue from ``checkpoint_dir/last.pt`` when it exists."""
@@ -281,45 +312,90 @@ class _FineTune:
             self.result.tokens, self.result.seconds = int(saved["tokens"]), float(saved["seconds"])
 
     def train_step(self) -> dict[str, Any]:
-        """One optimisation step on this rank's share of the next global batch."""
+        """One optimisation step on this rank's share of the next global batch.
+
+        The step's loss and gradient norm stay on the device until :meth:`read_back` (every
+        step on the CPU, under data parallelism or with callbacks; otherwise every
+        ``read_every`` steps and before an evaluation or a checkpoint). They are read, and
+        checked for NaN/Inf, before the step's update whenever they are read at that step.
+        """
         cfg, ctx, optimizer = self.cfg, self.ctx, self.parts.optimizer
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         ids = _epoch_order(len(self.examples), cfg.seed, epoch)[
             offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
         local = [self.examples[i] for i in ids[ctx.rank :: ctx.world_size]]
         t0 = time.perf_counter()
-        batch = _to(self.collate(local), self.device) if local else None
-        n_local = int((batch["labels"][:, 1:] != -100).sum()) if batch is not None else 0
+        on_host = self.collate(local) if local else None
+        # tokens counted on the host, before the copy: no read from the device
+        n_local = scored_tokens(on_host["labels"]) if on_host is not None else 0
+        batch = _to(on_host, self.device) if on_host is not None else None
         (n_global,) = all_reduce_sum([float(n_local)], ctx)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros(())
+        summed = torch.zeros(())
         if batch is not None:
-            loss_sum, _ = token_loss_sum(self.model, batch)
-            (loss_sum / max(n_global, 1.0)).backward()
+            with autocast(cfg.precision, self.parts.run_device_type()):
+                summed = loss_sum(self.model, batch)
+            (summed / max(n_global, 1.0)).backward()
         all_reduce_grads(self.params, ctx)
-        (total_loss,) = all_reduce_sum([float(loss_sum.detach())], ctx)
-        mean_loss = total_loss / max(n_global, 1.0)
-        check_finite(mean_loss, self.step + 1, hint="try a lower train.lr", kept=self._kept())
-        check_finite_gradients(self.params, mean_loss, self.step + 1, kept=self._kept())
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        if ctx.active:
+            (total_loss,) = all_reduce_sum([float(summed.detach())], ctx)
+            loss = torch.tensor(total_loss / max(n_global, 1.0), dtype=torch.float64)
+        else:
+            loss = summed.detach().double() / max(n_global, 1.0)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if cfg.max_grad_norm is not None:  # the norm before clipping
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         lr = self.parts.scheduler.get_last_lr()[0]
+        row = {"kind": "train", "step": self.step + 1, "epoch": epoch, "loss": None, "lr": lr,
+               "tokens": int(n_global)}  # the loss is filled in when read back
+        self.unread.append(_Unread(row, loss, norm))
+        self.result.seconds += time.perf_counter() - t0
+        if self._read_now():
+            self.read_back()
+        t0 = time.perf_counter()
         optimizer.step()
         self.parts.scheduler.step()
         self.step += 1
         self.result.tokens += int(n_global)
         self.result.seconds += time.perf_counter() - t0
-        row = {"kind": "train", "step": self.step, "epoch": epoch, "loss": mean_loss, "lr": lr,
-               "tokens": int(n_global)}
-        self.result.history.append(row)
-        self.emit(row)
         return row
+
+    def _read_now(self) -> bool:
+        """Whether the queued steps are read back now: when a row is due (every step on the
+        CPU, under data parallelism, or for callbacks) or before an evaluation or checkpoint."""
+        done = self.step + 1
+        every = self.cfg.checkpoint_every
+        return (len(self.unread) >= self.read_every or self.ctx.active or bool(self.callbacks)
+                or done % self.steps_per_epoch == 0 or done == self.total
+                or bool(every and done % every == 0))
+
+    def read_back(self) -> None:
+        """Read the queued steps' losses and gradient norms in one transfer (the wait for the
+        device is timed with training), stop at the first non-finite one, and log the rows."""
+        if not self.unread:
+            return
+        t0 = time.perf_counter()
+        values = torch.stack([torch.stack([u.loss.double(), u.norm.double()])
+                              for u in self.unread]).tolist()
+        self.result.seconds += time.perf_counter() - t0
+        for u, (loss, norm) in zip(self.unread, values, strict=True):
+            step = u.row["step"]
+            check_finite(loss, step, hint="try a lower train.lr", kept=self._kept())
+            check_finite_norm(norm, loss, step, kept=self._kept())
+            u.row["loss"] = loss
+            self.result.history.append(u.row)
+            self.emit(u.row)
+            self.last_loss = loss
+        self.unread = []
 
     def after_step(self, row: dict[str, Any]) -> None:
         """Callbacks; at an epoch's end an evaluation; a checkpoint when one is due."""
-        state = TrainState(step=self.step, epoch=row["epoch"], model=self.model,
-                           metrics={"train_loss": row["loss"]})
-        self.notify("on_step_end", state)
+        if self.callbacks:  # with callbacks every step is read back at once
+            self.notify("on_step_end", TrainState(
+                step=self.step, epoch=row["epoch"], model=self.model,
+                metrics={"train_loss": row["loss"]}))
         end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total
         if end_of_epoch and self.eval_examples is not None:
             self.evaluate(row["epoch"])
@@ -375,6 +451,7 @@ def train(
     log: Callable[[dict[str, Any]], None] | None = None,
     ctx: DistContext | None = None,
     progress: bool = False,
+    read_every: int | None = None,
 ) -> TrainResult:
     """Train a causal LM on tokenised examples; evaluate after each epoch.
 
@@ -389,6 +466,10 @@ def train(
         log: receives one dict per step (``kind="train"``) and per evaluation (``"eval"``).
         ctx: the data-parallel context (default: single process).
         progress: show a progress bar.
+        read_every: read the steps' losses back from the device (and check them for NaN/Inf)
+            every this many steps, and always before an evaluation or a checkpoint (default:
+            every step on the CPU, :data:`READ_EVERY` on a GPU). A non-finite loss is still
+            named by its step; the run stops at most this many steps later.
 
     Checkpoints hold CPU tensors and the device type of the run; a resume on another device
     type is refused. Training runs in :func:`~lmlab.train.core.deterministic` mode unless
@@ -404,10 +485,15 @@ def train(
     steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
-    run = _FineTune(model, train_examples, collate, cfg, ctx, _parts(model, cfg, total), params,
+    parts = _parts(model, cfg, total)
+    if read_every is None:
+        read_every = 1 if parts.run_device_type() == "cpu" else READ_EVERY
+    run = _FineTune(model, train_examples, collate, cfg, ctx, parts, params,
                     steps_per_epoch, total, device, eval_examples,
-                    None if checkpoint_dir is None else Path(checkpoint_dir), callbacks, log)
-    with deterministic(cfg.deterministic):
+                    None if checkpoint_dir is None else Path(checkpoint_dir), callbacks, log,
+                    max(1, read_every))
+    with deterministic(cfg.deterministic), matmul_precision(cfg.precision,
+                                                            parts.run_device_type()):
         if resume:
             run.resume()
         if run.step == 0:
@@ -418,7 +504,8 @@ def train(
             while run.step < run.total:
                 row = run.train_step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
+                if run.last_loss is not None:
+                    bar.set_postfix(loss=f"{run.last_loss:.3f}", refresh=False)
                 run.after_step(row)
     run.result.steps = run.step
     model.eval()
