@@ -244,10 +244,6 @@ def _cmd_spectral(args: argparse.Namespace) -> int:
         return _cmd_spectral_compare(args)
 
     label = Path(args.model.rstrip("/")).name or "model"
-    if args.resume:
-        from lmlab.studies._spectral_series import reopen_if_grown
-
-        reopen_if_grown(args.resume, args.out, label)
     run_dir = run_study("spectral", preset="quick", overrides=_spectral_overrides(args),
                         out=args.out, device=args.device, name=label, resume=args.resume)
     _print_summary(run_dir)

@@ -207,3 +207,19 @@ def test_two_workers_give_the_same_table(folder: Path, tmp_path: Path) -> None:
     a = pd.read_csv(_only_run(tmp_path / "a") / "spectra.csv")
     b = pd.read_csv(_only_run(tmp_path / "b") / "spectra.csv")
     assert b["alpha"].tolist() == pytest.approx(a["alpha"].tolist(), rel=1e-12)
+
+
+def test_lmlab_run_spectral_resume_also_picks_up_new_checkpoints(folder: Path,
+                                                                tmp_path: Path) -> None:
+    """The series' resume is the runner's: `lmlab run spectral --set model=DIR --resume`
+    analyses a checkpoint written after the run finished, like `lmlab spectral DIR --resume`."""
+    out = tmp_path / "runs"
+    args = ["run", "spectral", "--set", f"model={folder}", "--out", str(out), "--device", "cpu",
+            "--set", "sweep.backend=inprocess"]
+    assert main(args) == 0
+    run = _only_run(out)
+    _ckpt(folder / "ckpt_1500.pt", 7, 1.2)
+    assert main([*args, "--resume"]) == 0
+    assert _only_run(out) == run
+    assert len((run / "series" / "cells.jsonl").read_bytes().splitlines()) == 4
+    assert pd.read_csv(run / "spectra.csv")["step"].unique().tolist() == [0, 500, 1000, 1500]

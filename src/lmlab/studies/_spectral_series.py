@@ -6,7 +6,8 @@ model; a directory without them but with checkpoint-named children (``step_N``,
 ``read_as`` can force either. A series run keeps every finished checkpoint's rows in
 ``<run>/series/cells.jsonl`` as it completes, so ``--resume`` analyses only the checkpoints not
 done yet — those an interruption left, those that could not be read, and new ones a training
-run still going has written since (:func:`reopen_if_grown` reopens a finished run for them).
+run still going has written since (:func:`grown` tells the runner that a finished run has
+more to do).
 
 >>> t = pd.DataFrame({"step": [0, 0, 5, 9], "checkpoint": ["s0", "s0", "s5", "s9"],
 ...                   "alpha": [2.0, 4.0, 3.0, None],
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from lmlab.runs import Report, RunDir
 
-__all__ = ["STORE", "per_step", "plot_series", "read_as", "reopen_if_grown", "report_series",
+__all__ = ["STORE", "per_step", "plot_series", "read_as", "grown", "report_series",
            "run_series"]
 
 STORE = "series"  # the folder under the run directory that keeps finished checkpoints
@@ -213,33 +214,18 @@ def report_series(rep: Report, s: dict[str, Any], table: pd.DataFrame,
     return rep
 
 
-def reopen_if_grown(resume: bool | str, out: str, name: str) -> None:
-    """Before ``--resume``: a finished series run whose folder now holds checkpoints it has
-    not analysed (new ones, rewritten ones, or ones it could not read) is marked
-    ``status: outdated`` in its ``meta.json``, so the resume analyses those. Anything else is
-    left for the runner to judge."""
-    from lmlab.runs import RunDir
+def grown(run_dir: RunDir) -> bool:
+    """Whether a finished series run's folder now holds checkpoints it has not analysed (new
+    ones, rewritten ones, or ones it could not read): ``--resume`` then analyses those. A run
+    that is not a series, or whose record cannot be read, has not grown."""
+    import json
+
     from lmlab.spectral.series import find_checkpoints, series_keys
-    from lmlab.studies.runner import find_resumable
 
+    done_file = run_dir.path / STORE / "done.json"
     try:
-        run = find_resumable(out, "spectral", name) if resume is True else RunDir.open(
-            str(resume))
-        if run is None or run.read_meta().get("status") != "finished":
-            return
-        done_file = run.path / STORE / "done.json"
-        if not done_file.is_file():
-            return
-        import json
-
         record = json.loads(done_file.read_text(encoding="utf-8"))
         now = set(series_keys(find_checkpoints(record["folder"])))
     except (LmlabError, OSError, ValueError, KeyError, TypeError):
-        return
-    new = now - set(record.get("done", []))
-    if new:
-        run.lock()
-        try:
-            run.update_meta({"status": "outdated"})
-        finally:
-            run.unlock()
+        return False
+    return bool(now - set(record.get("done", [])))

@@ -197,6 +197,13 @@ def _continue(run_dir: RunDir, study: str, module: Any) -> None:
         run_dir.metrics_path.unlink(missing_ok=True)
 
 
+def _outdated(module: Any, run_dir: RunDir) -> bool:
+    """Whether a finished run has more to do by its study's ``outdated(run_dir)`` (the
+    ``spectral`` study's folder of checkpoints that has grown since); False without one."""
+    hook = getattr(module, "outdated", None)
+    return bool(hook is not None and hook(run_dir))
+
+
 def _start_meta(study: str, preset: str, cfg: Any, dev: Any,
                 previous: dict[str, Any]) -> dict[str, Any]:
     """``meta.json`` at the start of a run (or of a resumed session)."""
@@ -334,7 +341,8 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     a run directory), an interrupted run continues in its own directory from its last
     checkpoints; its config must equal ``cfg``, on the same device type (a run that started on
     a GPU resumes with ``--device cuda``, one on the CPU with ``--device cpu``). A finished run
-    is returned as it is. Studies that keep no checkpoints (``RESUMES = False``) start again
+    is returned as it is, unless its study's ``outdated(run_dir)`` says it has more to do (a
+    ``spectral`` series whose folder has new checkpoints): then it continues. Studies that keep no checkpoints (``RESUMES = False``) start again
     in that directory.
 
     The run directory is locked for the whole run (:meth:`lmlab.runs.RunDir.lock`): a second
@@ -352,7 +360,8 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     cfg = _resolved(cfg, dev)
     run_dir, previous = _open_run_dir(study, module, cfg, resume, out, name or preset)
     try:  # the run directory stays locked until the run ends
-        if previous is not None and previous.get("status") == "finished":
+        if (previous is not None and previous.get("status") == "finished"
+                and not _outdated(module, run_dir)):
             print(f"lmlab: {run_dir.path} has finished already; nothing to resume",
                   file=sys.stderr)
             return run_dir

@@ -301,6 +301,14 @@ def run(cfg: Config, run_dir: RunDir) -> Result:
     return result
 
 
+def outdated(run_dir: RunDir) -> bool:
+    """A finished run of a folder of checkpoints that has new ones since: ``--resume``
+    analyses those (the runner asks before it returns a finished run as it is)."""
+    from lmlab.studies._spectral_series import grown
+
+    return grown(run_dir)
+
+
 def _log_rows(run_dir: RunDir, df: pd.DataFrame, fmt: str) -> None:
     """The table (``spectra.<format>``) and its α rows in the metrics (step 0 for one model)."""
     from lmlab.studies._spectral_series import STORE, per_step
