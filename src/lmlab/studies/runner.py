@@ -342,8 +342,8 @@ def run_study(study: str, *, preset: str = "quick", overrides: Sequence[str] = (
     checkpoints; its config must equal ``cfg``, on the same device type (a run that started on
     a GPU resumes with ``--device cuda``, one on the CPU with ``--device cpu``). A finished run
     is returned as it is, unless its study's ``outdated(run_dir)`` says it has more to do (a
-    ``spectral`` series whose folder has new checkpoints): then it continues. Studies that keep no checkpoints (``RESUMES = False``) start again
-    in that directory.
+    ``spectral`` series whose folder has new checkpoints): then it continues. Studies that keep
+    no checkpoints (``RESUMES = False``) start again in that directory.
 
     The run directory is locked for the whole run (:meth:`lmlab.runs.RunDir.lock`): a second
     run or ``--resume`` of it, from any process, is refused while this one writes it. A run
