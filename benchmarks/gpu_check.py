@@ -213,7 +213,7 @@ def lm_resume(model_dir: Path, text_file: Path, device: str, tmp: Path) -> dict[
     same = whole == resumed and all(torch.equal(x, y) for x, y in zip(weights, weights2,
                                                                        strict=True))
     return {"check": "train loop: resume after 5 of 12 steps", "ok": same,
-            "steps": len(whole), "seconds": time.perf_counter() - t0,
+            "steps": len(whole), "seconds": round(time.perf_counter() - t0, 1),
             "max_loss_diff": max((abs(x - y) for x, y in zip(whole, resumed, strict=False)),
                                  default=float("nan"))}
 
@@ -231,7 +231,7 @@ def induction_resume(device: str, tmp: Path) -> dict[str, Any]:
     keys = ("loss_test", "err_test", "err_ood")
     same = all(whole[k] == split[k] for k in keys)
     return {"check": "induction: resume after 30 of 60 steps", "ok": same, "steps": 60,
-            "seconds": time.perf_counter() - t0,
+            "seconds": round(time.perf_counter() - t0, 1),
             "max_loss_diff": abs(whole["loss_test"] - split["loss_test"])}
 
 

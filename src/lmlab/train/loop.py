@@ -377,7 +377,8 @@ class _FineTune:
         if not self.unread:
             return
         t0 = time.perf_counter()
-        values = torch.stack([torch.stack([u.loss.double(), u.norm.double()])
+        where = self.unread[0].norm.device  # the loss of a torchrun step is on the host
+        values = torch.stack([torch.stack([u.loss.double().to(where), u.norm.double().to(where)])
                               for u in self.unread]).tolist()
         self.result.seconds += time.perf_counter() - t0
         for u, (loss, norm) in zip(self.unread, values, strict=True):
