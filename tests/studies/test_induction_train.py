@@ -253,3 +253,22 @@ def test_the_authors_layout_needs_a_record_per_step(tmp_path: Path) -> None:
     with pytest.raises(LmlabError, match="eval_every=1"):
         train_setting(dataclasses.replace(AUTHORS, eval_every=2), tmp_path)
     assert "err_layout" not in json.dumps(induction_train.run_config(TINY, tmp_path))
+
+
+def test_training_runs_in_deterministic_mode_and_restores_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step runs under torch's deterministic algorithms (a resume on a GPU continues
+    bitwise); the mode is off again after."""
+    modes: list[bool] = []
+    step = induction_train._Run.train_step
+
+    def recording(self, at):  # type: ignore[no-untyped-def]
+        modes.append(torch.are_deterministic_algorithms_enabled())
+        return step(self, at)
+
+    monkeypatch.setattr(induction_train._Run, "train_step", recording)
+    assert not torch.are_deterministic_algorithms_enabled()
+    train_setting(TrainSetting("tiny", pool_size=None, steps=3, save_every=3, eval_every=3,
+                               eval_cheap=10, eval_full=20), tmp_path / "run")
+    assert modes == [True, True, True]
+    assert not torch.are_deterministic_algorithms_enabled()
