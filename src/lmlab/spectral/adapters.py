@@ -58,7 +58,7 @@ from typing import Any
 import torch
 
 from lmlab.errors import LmlabError, first_line
-from lmlab.spectral.sources import LayerRef
+from lmlab.spectral.sources import LayerRef, StoredTensor
 
 __all__ = ["ADAPTER_CONFIG", "LoraAdapter", "LoraDelta", "MergedAdapter", "adapter_layers",
            "is_adapter", "low_rank_skips", "merge_adapter", "merged_layers", "read_adapter"]
@@ -234,8 +234,6 @@ def read_adapter(path: str | Path) -> LoraAdapter:
 
 def _layer_ref(layer_id: int, module: str, keys: Mapping[str, str], store: Any,
                config: Mapping[str, Any], config_file: Path) -> LayerRef:
-    import functools
-
     if set(keys) != {"lora_A", "lora_B"}:
         have = next(iter(keys.values()))
         raise LmlabError(f"the adapter holds {have!r} without its partner factor "
@@ -262,8 +260,8 @@ def _layer_ref(layer_id: int, module: str, keys: Mapping[str, str], store: Any,
     transpose = embedding or bool(config.get("fan_in_fan_out"))
     shape = (int(a_shape[1]), int(b_shape[0])) if transpose else (int(b_shape[0]),
                                                                    int(a_shape[1]))
-    delta = LoraDelta(functools.partial(store.get, keys["lora_A"]),
-                      functools.partial(store.get, keys["lora_B"]), scaling, r, transpose)
+    delta = LoraDelta(StoredTensor(store, keys["lora_A"]), StoredTensor(store, keys["lora_B"]),
+                      scaling, r, transpose)
     return LayerRef(layer_id, module.split(".")[-1], module,
                     "embedding" if embedding else "dense", shape, delta)
 

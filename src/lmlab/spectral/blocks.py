@@ -29,7 +29,6 @@ True
 
 from __future__ import annotations
 
-import functools
 import json
 import mmap
 import os
@@ -186,20 +185,22 @@ def file_blocks(path: str, key: str, block_bytes: int | None = None) -> FileBloc
 
 
 def location_of(load: Any) -> SafetensorsTensor | None:
-    """The file and tensor name behind a layer's loader when it reads a safetensors file (the
-    ``functools.partial`` of a store's ``get`` that :mod:`~lmlab.spectral.sources` binds),
+    """The file and tensor name behind a layer's loader when it reads a safetensors file (a
+    :class:`~lmlab.spectral.sources.StoredTensor` of a store that knows the tensor's file),
     else None (a module's weight, a ``.pt`` tensor, a difference W − W_base).
 
     >>> location_of(lambda: None) is None
     True
     """
+    from lmlab.spectral.sources import StoredTensor
+
     if isinstance(load, SafetensorsTensor):
         return load
-    if isinstance(load, functools.partial) and load.args and isinstance(load.args[0], str):
-        where = getattr(getattr(load.func, "__self__", None), "location", None)
-        path = where(load.args[0]) if callable(where) else None
+    if isinstance(load, StoredTensor):
+        where = getattr(load.store, "location", None)
+        path = where(load.key) if callable(where) else None
         if path is not None:
-            return SafetensorsTensor(str(path), load.args[0])
+            return SafetensorsTensor(str(path), load.key)
     return None
 
 

@@ -148,12 +148,12 @@ def size_ok(ref: LayerRef, min_evals: int | None, max_evals: int | None,
 
 
 def stored_key(ref: LayerRef) -> tuple[Any, str | None]:
-    """(tensor store, tensor name) behind a layer read from a file or state dict, else
-    ``(None, None)``. Reads the loader :mod:`~lmlab.spectral.sources` binds (a partial of the
-    store's ``get``)."""
-    load = ref.load
-    if isinstance(load, functools.partial) and load.args and isinstance(load.args[0], str):
-        return getattr(load.func, "__self__", None), load.args[0]
+    """(tensor store, tensor name) behind a layer read from a file or state dict (its loader
+    is a :class:`~lmlab.spectral.sources.StoredTensor`), else ``(None, None)``."""
+    from lmlab.spectral.sources import StoredTensor
+
+    if isinstance(ref.load, StoredTensor):
+        return ref.load.store, ref.load.key
     return None, None
 
 

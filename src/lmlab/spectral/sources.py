@@ -25,7 +25,6 @@ counts the tensors of the file in order and types come from names.
 
 from __future__ import annotations
 
-import functools
 import json
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -38,8 +37,8 @@ import torch
 from lmlab._files import regular_file, torch_file_error
 from lmlab.errors import LmlabError, first_line
 
-__all__ = ["LayerRef", "check_weights", "describe_source", "iter_layers", "layer_type_of",
-           "regular_file", "torch_file_error", "torch_load"]
+__all__ = ["LayerRef", "StoredTensor", "check_weights", "describe_source", "iter_layers",
+           "layer_type_of", "regular_file", "torch_file_error", "torch_load"]
 
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _BIN_INDEX = "pytorch_model.bin.index.json"
@@ -65,6 +64,22 @@ class LayerRef:
     layer_type: str
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """The loader of a tensor kept in a file or a state dict: calling it reads the tensor;
+    ``store`` and ``key`` say where it is (a layer's bias, its file for blocked reads).
+
+    >>> StoredTensor({"w": torch.ones(2)}, "w")().tolist()
+    [1.0, 1.0]
+    """
+
+    store: Any  # anything with get(key); a file's store also has shapes and location(key)
+    key: str
+
+    def __call__(self) -> torch.Tensor:
+        return self.store.get(self.key)  # type: ignore[no-any-return]
 
 
 def layer_type_of(module: torch.nn.Module) -> str | None:
@@ -379,7 +394,7 @@ def _from_store_with_skeleton(store: _TensorStore, model: torch.nn.Module) -> It
             continue
         yield LayerRef(
             layer_id, _leaf(longname), longname, kind, store.shapes[key],
-            functools.partial(store.get, key),
+            StoredTensor(store, key),
         )
 
 
@@ -403,7 +418,7 @@ def _from_store_by_name(store: _TensorStore) -> Iterator[LayerRef]:
             continue
         longname = key[: -len(".weight")]
         yield LayerRef(layer_id, _leaf(longname), longname, kind, shape,
-                       functools.partial(store.get, key))
+                       StoredTensor(store, key))
 
 
 def iter_layers(source: Any) -> Iterator[LayerRef]:
