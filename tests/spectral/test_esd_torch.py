@@ -148,9 +148,9 @@ def _both_routes(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module, **kw: 
         return original(*args, **kwargs)
 
     numpy_df = analyze(model, progress=False, workers=1, **kw)
-    monkeypatch.setattr(layer, "_TORCH_ON_CPU", True)
     monkeypatch.setattr(esd_torch, "spectrum_of_torch", spy)
-    torch_df = analyze(model, device="cpu", progress=False, workers=1, **kw)
+    with layer.torch_route_on_cpu():
+        torch_df = analyze(model, device="cpu", progress=False, workers=1, **kw)
     return numpy_df, torch_df, len(calls)
 
 
@@ -180,8 +180,8 @@ def test_analyze_float32_on_the_torch_route_is_close_to_float64(
     float64 has ~1e-16·λmax) become part of the fitted tail."""
     model = _model()
     exact = analyze(model, progress=False, workers=1)
-    monkeypatch.setattr(layer, "_TORCH_ON_CPU", True)
-    fast = analyze(model, device="cpu", precision="float32", progress=False, workers=1)
+    with layer.torch_route_on_cpu():
+        fast = analyze(model, device="cpu", precision="float32", progress=False, workers=1)
     ok = ((exact["status"] == "success") & (exact["rank_loss"] == 0)
           & (exact["xmin"] > 1e-3 * exact["lambda_max"]))
     assert ok.sum() == 3

@@ -102,10 +102,10 @@ def test_the_torch_route_tracks_the_same_alpha(monkeypatch) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(40, 90), torch.nn.Linear(90, 30))
     numpy_route = SpectralTracker(steps=[0])
     numpy_route.record(0, model)
-    monkeypatch.setattr(layer, "_TORCH_ON_CPU", True)
     calls = _spy_torch_route(monkeypatch)
     torch_route = SpectralTracker(steps=[0], device="cpu")
-    torch_route.record(0, model)
+    with layer.torch_route_on_cpu():
+        torch_route.record(0, model)
     assert len(calls) == 2
     a, b = numpy_route.frame(), torch_route.frame()
     for col in ("alpha", "D", "xmin"):

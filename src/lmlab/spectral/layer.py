@@ -14,7 +14,9 @@ analyses an :class:`~lmlab.spectral.options.AnalyzeOptions` asks for.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,8 @@ from lmlab.spectral.esd import Spectrum, gram_of_blocks, matrices_of, spectrum_o
 from lmlab.spectral.options import AnalyzeOptions
 from lmlab.spectral.sources import LayerRef
 
-__all__ = ["layer_row", "dims_of", "skip_reason", "OVER_TRAINED", "UNDER_TRAINED"]
+__all__ = ["layer_row", "dims_of", "skip_reason", "torch_route_on_cpu", "OVER_TRAINED",
+           "UNDER_TRAINED"]
 
 _EPSILON = 1e-10
 OVER_TRAINED, UNDER_TRAINED = 2.0, 6.0
@@ -136,9 +139,30 @@ def _weights_problem(W: np.ndarray) -> str:
     return ""
 
 
-#: Compute on the torch route even when the device is the CPU (``analyze(device="cpu")``);
-#: the parity tests set it to compare the two routes on one machine.
-_TORCH_ON_CPU = False
+_TORCH_ON_CPU = False  # set by torch_route_on_cpu()
+
+
+@contextlib.contextmanager
+def torch_route_on_cpu() -> Iterator[None]:
+    """Within the block, ``device="cpu"`` computes spectra on the torch route, the one a GPU
+    takes, instead of NumPy's: to compare the two routes on a machine without a GPU. It acts
+    in this process only (keep ``workers=1``).
+
+    >>> import torch
+    >>> from lmlab.spectral import analyze
+    >>> w = torch.nn.Linear(64, 32)
+    >>> with torch_route_on_cpu():
+    ...     a = analyze(w, device="cpu", progress=False, workers=1)
+    >>> b = analyze(w, device="cpu", progress=False, workers=1)
+    >>> bool(abs(a["lambda_max"][0] / b["lambda_max"][0] - 1) < 1e-12)
+    True
+    """
+    global _TORCH_ON_CPU
+    before, _TORCH_ON_CPU = _TORCH_ON_CPU, True
+    try:
+        yield
+    finally:
+        _TORCH_ON_CPU = before
 
 
 def _torch_route(device: Any) -> bool:
