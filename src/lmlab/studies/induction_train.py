@@ -97,6 +97,7 @@ from lmlab.train.core import (
     check_finite_weights,
     deterministic,
     progress_bar,
+    to_device,
 )
 
 __all__ = ["ERR_KEYS", "PAPER_SETTINGS", "TrainSetting", "run_config", "train_setting"]
@@ -364,7 +365,7 @@ class _Run:
         """One AdamW step on a fresh batch (``step`` = updates after it); returns the batch."""
         opt, sched = self.parts.optimizer, self.parts.scheduler
         batch = sample_batch(self.task, self.setting.batch_size, self.train_rng, pool=self.pool)
-        x = torch.from_numpy(batch[0]).to(self.device)  # (B, T)
+        x = to_device(torch.from_numpy(batch[0]), self.device)  # (B, T)
         logits = self.model(x)  # (B, T, V)
         V = self.task.vocab_size
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), x[:, 1:].reshape(-1))

@@ -51,7 +51,7 @@ from lmlab.train.checkpoint import load_checkpoint
 
 __all__ = ["PRECISIONS", "Generator", "TrainParts", "rng_state", "restore_rng", "resume_from",
            "check_finite", "check_finite_gradients", "check_finite_norm", "check_finite_weights",
-           "progress_bar", "deterministic", "matmul_precision", "autocast"]
+           "progress_bar", "deterministic", "matmul_precision", "autocast", "to_device"]
 
 Generator = np.random.Generator | torch.Generator
 """A random stream a loop owns (its data order, its minibatches)."""
@@ -373,6 +373,23 @@ def deterministic(enabled: bool = True, *, warn_only: bool = False) -> Iterator[
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         if set_env:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+# ---------------------------------------------------------------------------- host to device
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``: on CUDA copied from pinned memory without
+    blocking the host, so the copy queues behind the kernels already launched instead of
+    waiting for them; elsewhere a plain copy (none on the CPU).
+
+    >>> to_device(torch.ones(2), "cpu").device.type
+    'cpu'
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 # ------------------------------------------------------------------------------- precision

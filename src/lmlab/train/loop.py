@@ -57,6 +57,7 @@ from lmlab.train.core import (
     matmul_precision,
     progress_bar,
     resume_from,
+    to_device,
 )
 from lmlab.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from lmlab.train.lm import evaluate_lm, loss_sum, scored_tokens
@@ -256,11 +257,7 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
     """The batch on ``device``: on CUDA from pinned memory without blocking the host (the copy
     queues behind the previous step's kernels instead of waiting for them)."""
-    if device is None:
-        return batch
-    if torch.device(device).type == "cuda":
-        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-    return {k: v.to(device) for k, v in batch.items()}
+    return batch if device is None else {k: to_device(v, device) for k, v in batch.items()}
 
 
 READ_EVERY = 50

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lmlab.config import check_ranges, ranged
 from lmlab.errors import LmlabError
-from lmlab.train.core import check_finite, progress_bar
+from lmlab.train.core import check_finite, progress_bar, to_device
 
 __all__ = ["MAX_MEMORY", "MEMORY_WHY", "FusedModel", "StepConfig", "StepResult",
            "batch_indices", "train_ensemble", "train_module"]
@@ -146,16 +146,11 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
     >>> torch.equal(chunked, per_step), torch.equal(g1.get_state(), g2.get_state())
     (True, True)
     """
-    device = torch.device(device)
     done = 0
     while done < steps:
         k = min(chunk, steps - done)
         rows = torch.randint(0, n, (k, batch_size), generator=generator)
-        if device.type == "cuda":
-            rows = rows.pin_memory().to(device, non_blocking=True)
-        elif device.type != "cpu":
-            rows = rows.to(device)
-        yield from rows.unbind(0)
+        yield from to_device(rows, device).unbind(0)
         done += k
 
 
