@@ -125,26 +125,42 @@ def matrices_of(
     return mats, int(N), int(M), int(rf)
 
 
-def smallest_singular_value(W: np.ndarray) -> float | None:
+def smallest_singular_value(W: np.ndarray, *, upper: bool = False) -> float | None:
     """σmin of a tall or square float64 W as 1/σmax(W⁻¹) (None if it does not settle).
 
     Accurate to about eps·κ relatively — like an SVD — where the Gram route is accurate only
     to about eps·κ². Costs an inverse (of R from a QR when W is tall) and a few power steps.
+    ``upper=True`` says W is square and upper triangular (R of a QR): each step then takes two
+    triangular solves with it, and no inverse (two more M×M arrays) is formed.
 
     >>> print(f"{smallest_singular_value(np.diag([3.0, 2.0, 0.5])):.6f}")
     0.500000
+    >>> print(f"{smallest_singular_value(np.triu(np.ones((3, 3))), upper=True):.6f}")
+    0.554958
     """
     N, M = W.shape
-    A = W if N == M else np.linalg.qr(W, mode="r")  # RᵀR = WᵀW
-    try:
-        inv = np.linalg.inv(A)
-    except np.linalg.LinAlgError:
-        return None
+    if upper:
+        from scipy.linalg import solve_triangular
+
+        if not np.all(np.isfinite(np.diag(W))) or np.any(np.diag(W) == 0):
+            return None
+
+        def apply(v: np.ndarray) -> np.ndarray:  # (RᵀR)⁻¹ v, two triangular solves
+            return solve_triangular(W, solve_triangular(W, v, trans="T"))  # type: ignore[no-any-return]
+    else:
+        A = W if N == M else np.linalg.qr(W, mode="r")  # RᵀR = WᵀW
+        try:
+            inv = np.linalg.inv(A)
+        except np.linalg.LinAlgError:
+            return None
+
+        def apply(v: np.ndarray) -> np.ndarray:
+            return inv.T @ (inv @ v)  # type: ignore[no-any-return]
     x = np.random.default_rng(0).standard_normal(size=(M,))
     x /= np.linalg.norm(x)
     previous = 0.0
     for _ in range(_POWER_STEPS):
-        y = inv.T @ (inv @ x)  # (WᵀW)⁻¹ x
+        y = apply(x)  # (WᵀW)⁻¹ x
         mu = float(x @ y)  # Rayleigh quotient -> σmax(W⁻¹)² = 1/σmin²
         if not np.isfinite(mu) or mu <= 0:
             return None
@@ -240,13 +256,28 @@ def gram_of_blocks(blocks: MatrixBlocks, *, scale: float = 1.0,
 
 
 def _blocked_r(blocks: MatrixBlocks, scale: float) -> np.ndarray:
-    """R (M×M) of a QR of the tall side taken block by block: RᵀR = TᵀT, σ(R) = σ(T)."""
+    """R (M×M) of a QR of the tall side taken block by block: RᵀR = TᵀT, σ(R) = σ(T).
+
+    Each step factors [R; block] in place (LAPACK ``geqrf`` on a Fortran-ordered stack), so
+    at most the stack and one R are held: about 2·M²·8 bytes plus a block, not the four M×M
+    arrays of stacking and a copying QR."""
+    from scipy.linalg import lapack
+
     R: np.ndarray | None = None
     for block in blocks.tall_blocks():
-        B = block.astype(np.float64)
+        k = 0 if R is None else R.shape[0]
+        stack = np.empty((k + block.shape[0], block.shape[1]), dtype=np.float64, order="F")
+        if R is not None:
+            stack[:k] = R
+            R = None  # freed before the factorisation
+        stack[k:] = block
         if scale != 1.0:
-            B = np.multiply(B, scale, dtype=B.dtype)
-        R = np.asarray(np.linalg.qr(B if R is None else np.vstack([R, B]), mode="r"))
+            stack[k:] *= scale
+        qr, _, _, info = lapack.dgeqrf(stack, overwrite_a=True)
+        if info != 0:
+            raise ValueError(f"QR failed (LAPACK info {info})")
+        R = np.triu(qr[: min(qr.shape)])
+        del qr, stack
     assert R is not None
     return R
 
@@ -256,7 +287,8 @@ def spectrum_of_gram(gram: np.ndarray, blocks: MatrixBlocks, *, N: int | None = 
     """The :class:`Spectrum` of one matrix from its Gram matrix (:func:`gram_of_blocks`),
     with the checks of the eigh route: a smallest eigenvalue at the numerical floor takes
     the SVD, one near it a refined σmin, both from R of a blocked QR (read again from
-    ``blocks``). ``gram`` may be overwritten.
+    ``blocks``). ``gram`` is consumed: emptied once its eigenvalues are taken (when it owns
+    its memory), so that it and R are never held at once.
 
     >>> from lmlab.spectral.blocks import TensorBlocks
     >>> blocks = TensorBlocks(np.diag([3.0, 2.0, 1.0]))
@@ -265,6 +297,8 @@ def spectrum_of_gram(gram: np.ndarray, blocks: MatrixBlocks, *, N: int | None = 
     """
     N = blocks.N if N is None else N
     ev = np.linalg.eigvalsh(gram)
+    if gram.flags.owndata:  # consumed: its memory is free before R (M×M as well) is formed
+        gram.resize(0, refcheck=False)
     check = gram_check(ev[0], ev[-1], "float64" if ev.dtype == np.float64 else "float32")
     if check == "svd":
         sv = np.sort(np.linalg.svd(_blocked_r(blocks, scale), compute_uv=False))
@@ -272,7 +306,7 @@ def spectrum_of_gram(gram: np.ndarray, blocks: MatrixBlocks, *, N: int | None = 
         sv = np.sqrt(np.clip(ev, 0.0, None))
         if check == "refine":
             R = _blocked_r(blocks, scale)
-            refined = smallest_singular_value(R)
+            refined = smallest_singular_value(R, upper=True)
             if refined is None:
                 sv = np.sort(np.linalg.svd(R, compute_uv=False))
             else:
