@@ -399,19 +399,21 @@ def load_run(run_dir: str | Path, *, grid: int | None = None,
         else:
             by_step[step] = f"skipped: {exc}"
 
-    config: dict[str, Any] = {}
-    cfg_path = root / "config.json"
-    if cfg_path.exists():
+    def read(reader: Any, path: Path, step: int | None = None) -> Any:
+        """``reader(path)``, or ``None`` after :func:`skip` when it cannot be read."""
         try:
-            config = read_config(cfg_path)
-        except LmlabError as exc:
-            skip(exc)
-    states: dict[int, dict[str, Any]] = {}
-    for step in sorted(found):
-        try:
-            states[step] = _load_state_dict(found[step])
+            return reader(path)
         except LmlabError as exc:
             skip(exc, step)
+            return None
+
+    cfg_path = root / "config.json"
+    config: dict[str, Any] = (read(read_config, cfg_path) if cfg_path.exists() else None) or {}
+    states: dict[int, dict[str, Any]] = {}
+    for step in sorted(found):
+        sd = read(_load_state_dict, found[step], step)
+        if sd is not None:
+            states[step] = sd
     shapes = _pick_architecture(root, found, states)
     steps, stacks = _stack(root, found, states, shapes, skip)
     params = {k: np.stack(v) for k, v in stacks.items()}
@@ -420,13 +422,8 @@ def load_run(run_dir: str | Path, *, grid: int | None = None,
         if key in config and config[key] is not None and int(config[key]) != size:
             skip(LmlabError(f"{cfg_path} says {key}={config[key]} but the checkpoints' "
                             f"embed.embed.weight is {V}×{d}; the checkpoints are measured"))
-    err: pd.DataFrame | None = None
     err_path = root / "err_arr.json"
-    if err_path.exists():
-        try:
-            err = read_err_arr(err_path)
-        except LmlabError as exc:
-            skip(exc)
+    err: pd.DataFrame | None = read(read_err_arr, err_path) if err_path.exists() else None
     missing = [*_missing_grid(config, found, grid),
                *([] if cfg_path.exists() else ["config.json"]),
                *([] if err_path.exists() else ["err_arr.json"])]
