@@ -263,3 +263,45 @@ def test_seeded_report_renders_every_figure_in_a_browser(page: Page,  # noqa: F8
     assert srcs == ["figures/train_loss.png", "figures/val_perplexity.png",
                     "figures/loss_noise.png"]
     assert page.locator("figure img").count() == 3
+
+
+def test_cuda_warm_up_runs_one_untimed_step_and_waits_for_it(
+        tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up's CUDA path, with the CUDA calls stood in for: it loads the model on the
+    run's device, copies the batch with the loop's copy, runs forward and backward, and waits
+    for the device; on the CPU it does nothing."""
+    import torch
+
+    import lmlab.models.hf as hf
+    import lmlab.train.core as core
+    from lmlab.data import CausalLMCollator
+    from lmlab.studies.optimizers import warm_up
+
+    real_load = hf.load_causal_lm
+    calls: list[tuple[str, object]] = []
+    loaded: list[torch.nn.Module] = []
+
+    def load(ref: str, *, device: object = None) -> tuple[torch.nn.Module, object]:
+        calls.append(("load", device))
+        model, tok = real_load(ref, device="cpu")
+        loaded.append(model)
+        return model, tok
+
+    def copy(t: torch.Tensor, device: object) -> torch.Tensor:
+        calls.append(("copy", device))
+        return t
+
+    monkeypatch.setattr(hf, "load_causal_lm", load)
+    monkeypatch.setattr(core, "to_device", copy)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("sync", d)))
+    examples, collate = [[1, 2, 3, 4], [5, 6, 7]], CausalLMCollator(pad_token_id=0)
+
+    warm_up(str(tiny_dir), examples, collate, 4, torch.device("cpu"))
+    assert calls == []  # nothing off a GPU
+
+    cuda = torch.device("cuda")
+    warm_up(str(tiny_dir), examples, collate, 4, cuda)
+    assert calls[0] == ("load", cuda) and calls[-1] == ("sync", cuda)
+    assert calls[1:-1] == [("copy", cuda)] * len(collate(examples))  # every batch tensor
+    grads = [p.grad for p in loaded[0].parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)  # the backward pass ran
