@@ -319,11 +319,11 @@ def warm_up(model_ref: str, examples: list[list[int]], collate: Any, batch_size:
     import torch
 
     from lmlab.models.hf import load_causal_lm
-    from lmlab.train.core import to_device
+    from lmlab.train.core import batch_to_device
     from lmlab.train.lm import loss_sum
 
     model, _ = load_causal_lm(model_ref, device=device)
-    batch = {k: to_device(v, device) for k, v in collate(examples[:batch_size]).items()}
+    batch = batch_to_device(collate(examples[:batch_size]), device)
     loss_sum(model, batch).backward()
     torch.cuda.synchronize(device)
 

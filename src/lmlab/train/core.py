@@ -50,8 +50,9 @@ from lmlab.runtime import CUBLAS_WORKSPACE
 from lmlab.train.checkpoint import load_checkpoint
 
 __all__ = ["PRECISIONS", "Generator", "TrainParts", "rng_state", "restore_rng", "resume_from",
-           "check_finite", "check_finite_gradients", "check_finite_norm", "check_finite_weights",
-           "progress_bar", "deterministic", "matmul_precision", "autocast", "to_device"]
+           "check_finite", "check_finite_norm", "check_finite_weights",
+           "progress_bar", "deterministic", "matmul_precision", "autocast", "to_device",
+           "batch_to_device"]
 
 Generator = np.random.Generator | torch.Generator
 """A random stream a loop owns (its data order, its minibatches)."""
@@ -284,33 +285,20 @@ def check_finite(losses: torch.Tensor | float, step: int, *, names: Sequence[str
                      f"{step + offset}{_kept(kept)}; {hint}")
 
 
-def check_finite_gradients(params: Iterable[torch.nn.Parameter], loss: float, step: int, *,
-                           kept: str | os.PathLike[str] | None = None) -> None:
-    """Stop training when the gradients are NaN or infinite while the loss is finite: a fault
-    of the model or the data, which a lower learning rate would not cure.
+def check_finite_norm(norm: float, loss: float, step: int, *,
+                      kept: str | os.PathLike[str] | None = None) -> None:
+    """Stop training when the gradient norm is NaN or infinite while the loss is finite: a
+    fault of the model or the data, which a lower learning rate would not cure. ``norm`` is
+    the total norm the step computed (clipping returns it), read back from the device.
 
     Raises:
         LmlabError: naming the norm, the step and the finite loss.
 
-    >>> w = torch.nn.Parameter(torch.ones(2)); w.grad = torch.tensor([1.0, float("nan")])
     >>> try:
-    ...     check_finite_gradients([w], 0.5, 3)
+    ...     check_finite_norm(float("nan"), 0.5, 3)
     ... except LmlabError as e:
     ...     print(str(e)[:73])
     the gradient norm became nan at step 3 while the training loss was finite
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    check_finite_norm(float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0, loss, step,
-                      kept=kept)
-
-
-def check_finite_norm(norm: float, loss: float, step: int, *,
-                      kept: str | os.PathLike[str] | None = None) -> None:
-    """:func:`check_finite_gradients` for a gradient norm already computed (a loop that reads
-    its norms back from the device a few steps at a time).
-
-    Raises:
-        LmlabError: naming the norm, the step and the finite loss.
     """
     if not math.isfinite(norm):
         raise LmlabError(
@@ -390,6 +378,17 @@ def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def batch_to_device(batch: dict[str, torch.Tensor],
+                    device: torch.device | str | None) -> dict[str, torch.Tensor]:
+    """Every tensor of a collated batch on ``device`` by :func:`to_device` (``None``: the
+    batch as it is).
+
+    >>> batch_to_device({"input_ids": torch.ones(1, 2)}, "cpu")["input_ids"].device.type
+    'cpu'
+    """
+    return batch if device is None else {k: to_device(v, device) for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------------------- precision

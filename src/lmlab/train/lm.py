@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmlab.train.core import batch_to_device
 from lmlab.train.distributed import DistContext, all_reduce_sum
 
 __all__ = ["token_loss_sum", "loss_sum", "scored_tokens", "evaluate_lm", "LMEval"]
@@ -81,7 +82,7 @@ def evaluate_lm(model: Any, examples: Sequence[Sequence[int]],
     for start in range(0, len(mine), batch_size):
         on_host = collate(mine[start : start + batch_size])
         count += scored_tokens(on_host["labels"])
-        batch = {k: v.to(device) if device is not None else v for k, v in on_host.items()}
+        batch = batch_to_device(on_host, device)
         summed = summed + loss_sum(model, batch).double()
     total, count_f = all_reduce_sum([float(summed), float(count)], ctx)
     model.train(was_training)

@@ -50,6 +50,7 @@ from lmlab.train.checkpoint import latest_checkpoint, save_checkpoint
 from lmlab.train.core import (
     TrainParts,
     autocast,
+    batch_to_device,
     check_finite,
     check_finite_norm,
     check_finite_weights,
@@ -57,7 +58,6 @@ from lmlab.train.core import (
     matmul_precision,
     progress_bar,
     resume_from,
-    to_device,
 )
 from lmlab.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from lmlab.train.lm import evaluate_lm, loss_sum, scored_tokens
@@ -254,12 +254,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
-    """The batch on ``device``: on CUDA from pinned memory without blocking the host (the copy
-    queues behind the previous step's kernels instead of waiting for them)."""
-    return batch if device is None else {k: to_device(v, device) for k, v in batch.items()}
-
-
 READ_EVERY = 50
 """How many steps a run on a GPU queues before it reads their losses and gradient norms back
 (one wait for the device per this many steps instead of three per step)."""
@@ -325,7 +319,7 @@ class _FineTune:
         on_host = self.collate(local) if local else None
         # tokens counted on the host, before the copy: no read from the device
         n_local = scored_tokens(on_host["labels"]) if on_host is not None else 0
-        batch = _to(on_host, self.device) if on_host is not None else None
+        batch = batch_to_device(on_host, self.device) if on_host is not None else None
         (n_global,) = all_reduce_sum([float(n_local)], ctx)
         optimizer.zero_grad(set_to_none=True)
         summed = torch.zeros(())
@@ -339,10 +333,10 @@ class _FineTune:
             loss = torch.tensor(total_loss / max(n_global, 1.0), dtype=torch.float64)
         else:
             loss = summed.detach().double() / max(n_global, 1.0)
-        grads = [p.grad for p in self.params if p.grad is not None]
         if cfg.max_grad_norm is not None:  # the norm before clipping
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         else:
+            grads = [p.grad for p in self.params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         lr = self.parts.scheduler.get_last_lr()[0]
         row = {"kind": "train", "step": self.step + 1, "epoch": epoch, "loss": None, "lr": lr,
